@@ -1,0 +1,499 @@
+"""Every setting of a budgetlora run, its default, its help text and its validation.
+
+This module is the one place where defaults live. A run is described by a `RunConfig`, made of one
+dataclass per concern (model, adapter, data, training). A YAML recipe, the command line and Python
+callers all build the same object, and the fully resolved object is written as `config.yaml` next
+to every output, so that a run can be repeated from its own folder.
+
+Field names are unique across the sections on purpose: each one is also a command-line flag
+(`lora_alpha` -> `--lora-alpha`), so a user never has to know which section a setting lives in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from budgetlora.errors import ConfigError
+
+HEADS = ("default", "linear")
+BIASES = ("none", "all", "lora_only")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SCHEDULES = ("linear", "cosine", "constant")
+LORA_INITS = ("true", "gaussian", "pissa", "olora", "eva", "orthogonal", "loftq")
+POOLINGS = ("first", "mean")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    """A dataclass field whose help text travels with it (shown by `--help` and in the docs)."""
+    metadata = {"help": text}
+    if "default_factory" in kw:
+        return field(default_factory=kw.pop("default_factory"), metadata=metadata)
+    return field(default=kw.pop("default"), metadata=metadata)
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained encoder to adapt and which classification head to put on it."""
+
+    model: str = _help(
+        "Hugging Face Hub id or local folder of the pretrained encoder (config + safetensors weights).",
+        default="roberta-base",
+    )
+    head: Literal["default", "linear"] = _help(
+        "Classification head. 'default': the architecture's own head (roberta-base: dense 768x768 + "
+        "out_proj, 593,668 params for 4 labels). 'linear': one linear layer on the first token "
+        "(3,076 params for roberta-base), which leaves the budget for the adapters.",
+        default="default",
+    )
+    pooling: Literal["first", "mean"] = _help(
+        "Pooling for the 'linear' head: the first token ([CLS]/<s>) or the mean over real tokens.",
+        default="first",
+    )
+    attn_implementation: str = _help(
+        "Attention kernel passed to transformers ('sdpa', 'eager', ...).", default="sdpa"
+    )
+    trust_remote_code: bool = _help(
+        "Run code shipped with the model. Off unless you trust the model's authors.", default=False
+    )
+    allow_pickle_weights: bool = _help(
+        "Allow loading weights from pickle files (pytorch_model.bin). Safetensors only by default, "
+        "because a pickle can run arbitrary code.",
+        default=False,
+    )
+
+    def validate(self) -> None:
+        _choice("head", self.head, HEADS)
+        _choice("pooling", self.pooling, POOLINGS)
+        if not self.model:
+            raise ConfigError("model: give a Hugging Face Hub id or a local model folder")
+
+
+@dataclass
+class LoraConfig:
+    """Where and how LoRA adapters are inserted (peft does the inserting)."""
+
+    r: int = _help("LoRA rank.", default=8)
+    lora_alpha: float = _help("LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).", default=16)
+    lora_dropout: float = _help("Dropout on the LoRA input.", default=0.1)
+    target_modules: Union[list[str], str] = _help(
+        "Modules to adapt: a list of module-name suffixes (e.g. query,value), 'all-linear', or a "
+        "regular expression matched against full module names.",
+        default_factory=lambda: ["query", "value"],
+    )
+    layers: Optional[list[int]] = _help(
+        "Only adapt these encoder layers (0-based); empty means all layers.", default=None
+    )
+    bias: Literal["none", "all", "lora_only"] = _help(
+        "Which biases train: none, all biases of the model, or only those of adapted modules.",
+        default="none",
+    )
+    use_rslora: bool = _help("Rank-stabilised LoRA: scale by alpha/sqrt(r) instead of alpha/r.", default=False)
+    use_dora: bool = _help("DoRA: add a trainable magnitude vector per adapted module.", default=False)
+    init_lora_weights: str = _help(
+        "LoRA initialisation: true (peft default), gaussian, pissa, olora, orthogonal, ...", default="true"
+    )
+    rank_pattern: dict[str, int] = _help(
+        "Per-module rank overrides, {regex: r}, as in peft.", default_factory=dict
+    )
+    alpha_pattern: dict[str, float] = _help(
+        "Per-module alpha overrides, {regex: alpha}, as in peft.", default_factory=dict
+    )
+    modules_to_train: list[str] = _help(
+        "Extra modules (name suffixes) made fully trainable besides the head, e.g. LayerNorm.",
+        default_factory=list,
+    )
+
+    def validate(self) -> None:
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"r: LoRA rank must be a positive integer, got {self.r!r}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"lora_alpha: must be > 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout: must be in [0, 1), got {self.lora_dropout!r}")
+        _choice("bias", self.bias, BIASES)
+        base_init = self.init_lora_weights.split("_")[0].lower()
+        if base_init not in LORA_INITS:
+            raise ConfigError(
+                f"init_lora_weights: unknown initialisation {self.init_lora_weights!r}; "
+                f"choose one of {', '.join(LORA_INITS)}"
+            )
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "all-linear":
+                try:
+                    re.compile(self.target_modules)
+                except re.error as e:
+                    raise ConfigError(f"target_modules: not a valid regular expression ({e})") from None
+        elif not self.target_modules:
+            raise ConfigError("target_modules: name at least one module, or 'all-linear'")
+        if self.layers is not None and any((not isinstance(i, int)) or i < 0 for i in self.layers):
+            raise ConfigError(f"layers: must be non-negative layer indices, got {self.layers!r}")
+        for k, v in self.rank_pattern.items():
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"rank_pattern[{k!r}]: rank must be a positive integer, got {v!r}")
+
+    @property
+    def peft_init(self) -> Union[bool, str]:
+        """init_lora_weights as peft wants it: booleans for the default/zero inits, else the name."""
+        low = self.init_lora_weights.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        return self.init_lora_weights
+
+
+@dataclass
+class DataConfig:
+    """Where the texts come from, how validation is carved and how texts are tokenized."""
+
+    dataset: str = _help(
+        "Hugging Face dataset id used when no --train-file is given (needs the Hub).", default="ag_news"
+    )
+    train_file: Optional[str] = _help(
+        "Local training file: AG News original CSV (no header), CSV/TSV with header, JSONL, Parquet, "
+        "or a pickled HF Dataset.",
+        default=None,
+    )
+    eval_file: Optional[str] = _help(
+        "Local validation file; when absent, validation is a stratified split carved from train.", default=None
+    )
+    text_column: str = _help("Text column name in files with a header.", default="text")
+    label_column: str = _help("Label column name in files with a header (ids or names).", default="label")
+    label_names: Optional[list[str]] = _help(
+        "Class names in label-id order; default: the dataset's own (AG News: World, Sports, Business, Sci/Tech).",
+        default=None,
+    )
+    val_fraction: float = _help("Share of train rows held out for validation when no eval file is given.", default=0.1)
+    max_train_samples: Optional[int] = _help("Use only the first N training rows (after the split).", default=None)
+    max_eval_samples: Optional[int] = _help("Use only the first N validation rows.", default=None)
+    max_length: int = _help("Truncate texts to this many tokens (padding is per batch, never to this length).", default=128)
+    length_filter: Optional[list[float]] = _help(
+        "Drop training rows whose token length is outside these percentiles, e.g. [1, 99].", default=None
+    )
+
+    def validate(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: must be in (0, 1), got {self.val_fraction!r}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length: must be at least 8 tokens, got {self.max_length!r}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name}: must be a positive number of rows, got {v!r}")
+        if self.length_filter is not None:
+            lo_hi = self.length_filter
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
+                raise ConfigError(f"length_filter: give two percentiles lo < hi in [0, 100], got {lo_hi!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: schedule, batch, precision, evaluation and stopping."""
+
+    epochs: float = _help("Passes over the training rows (fractions allowed).", default=3.0)
+    max_steps: Optional[int] = _help("Stop after this many optimizer steps (overrides epochs).", default=None)
+    batch_size: int = _help("Training rows per optimizer micro-batch.", default=32)
+    eval_batch_size: int = _help("Rows per batch in evaluation and prediction.", default=128)
+    grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
+    lr: float = _help("Peak learning rate of AdamW.", default=2e-4)
+    head_lr: Optional[float] = _help("Learning rate of the head; default: lr.", default=None)
+    lora_plus_ratio: float = _help("LoRA+: learning rate of the B matrices = lr x this ratio (1 = plain LoRA).", default=1.0)
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", default=0.01)
+    schedule: Literal["linear", "cosine", "constant"] = _help("Learning-rate decay after warm-up.", default="linear")
+    warmup_fraction: float = _help("Share of the optimizer steps spent warming up linearly from 0.", default=0.06)
+    max_grad_norm: float = _help("Clip the gradient norm to this (0 = no clipping).", default=1.0)
+    label_smoothing: float = _help("Label smoothing of the cross-entropy.", default=0.0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = _help(
+        "Mixed precision: auto = bf16 where the device supports it (this includes modern CPUs), else fp32.",
+        default="auto",
+    )
+    eval_every: Optional[int] = _help("Evaluate every N optimizer steps (and always at each epoch end).", default=None)
+    log_every: int = _help("Write a log.jsonl record every N optimizer steps.", default=10)
+    patience: Optional[int] = _help(
+        "Early stopping: stop after this many evaluations without a better validation accuracy.", default=None
+    )
+    group_by_length: bool = _help(
+        "Batch rows of similar length together (in shuffled buckets) so padding is small.", default=True
+    )
+    seed: int = _help("Seed for data split, shuffling, initialisation and dropout.", default=42)
+    num_workers: int = _help("DataLoader worker processes (0 = in the main process).", default=0)
+    compile: bool = _help("Compile the model with torch.compile.", default=False)
+
+    def validate(self) -> None:
+        if self.epochs <= 0 and not self.max_steps:
+            raise ConfigError(f"epochs: must be > 0, got {self.epochs!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps: must be >= 1, got {self.max_steps!r}")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: learning rate must be > 0, got {self.lr!r}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"head_lr: must be > 0, got {self.head_lr!r}")
+        if self.lora_plus_ratio <= 0:
+            raise ConfigError(f"lora_plus_ratio: must be > 0, got {self.lora_plus_ratio!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"warmup_fraction: must be in [0, 1), got {self.warmup_fraction!r}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm: must be >= 0, got {self.max_grad_norm!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing!r}")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("precision", self.precision, PRECISIONS)
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"eval_every: must be >= 1, got {self.eval_every!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience: must be >= 1, got {self.patience!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers!r}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the four sections plus the budget and where outputs go."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: int = field(
+        default=1_000_000,
+        metadata={"help": "Trainable parameters must be strictly fewer than this (adapters + head + biases)."},
+    )
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Folder for the run's outputs."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a finished run already in --output-dir."}
+    )
+
+    def validate(self) -> "RunConfig":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if not isinstance(self.budget, int) or self.budget <= 0:
+            raise ConfigError(f"budget: must be a positive number of parameters, got {self.budget!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "train": TrainConfig}
+TOP_LEVEL = ("budget", "output_dir", "overwrite")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Field lookup, type coercion and building from dicts / YAML / flags
+# ---------------------------------------------------------------------------------------------
+
+
+def field_index() -> dict[str, tuple[Optional[str], dataclasses.Field]]:
+    """Map every flat field name to (section or None for top level, dataclass field)."""
+    index: dict[str, tuple[Optional[str], dataclasses.Field]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            assert f.name not in index, f"field name {f.name} is not unique across sections"
+            index[f.name] = (section, f)
+    for f in fields(RunConfig):
+        if f.name in TOP_LEVEL:
+            index[f.name] = (None, f)
+    return index
+
+
+def _resolved_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def field_type(name: str) -> Any:
+    section, _ = field_index()[name]
+    return _resolved_type(SECTIONS[section] if section else RunConfig, name)
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or raise a clear ConfigError."""
+    tp = field_type(name)
+    try:
+        return _coerce(tp, value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {value!r} is not a valid {_type_name(tp)} ({e})") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        # With list[str] | str (target_modules), a comma list is a list and anything else a string.
+        if set(map(typing.get_origin, non_none)) == {list, None} and str in non_none:
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            if isinstance(value, str) and "," in value and value != "all-linear":
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return str(value)
+        for a in non_none:
+            try:
+                return _coerce(a, value)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        (inner,) = args
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("expected a list")
+        return [_coerce(inner, v) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise TypeError("expected a mapping like {regex: value}")
+        k_t, v_t = args
+        return {_coerce(k_t, k): _coerce(v_t, v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError("expected an integer")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(value)
+        if isinstance(value, str):
+            text = value.replace("_", "").replace(",", "")
+            try:
+                return int(text)
+            except ValueError:
+                as_float = float(text)  # accepts 1e6 as a budget
+                if not as_float.is_integer():
+                    raise ValueError("expected an integer") from None
+                return int(as_float)
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError("expected a number")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise TypeError("expected a string")
+        return str(value)
+    return value
+
+
+def from_dict(data: dict[str, Any], base: Optional[RunConfig] = None) -> RunConfig:
+    """Apply a nested (YAML-shaped) or flat mapping onto `base` (defaults when None).
+
+    Unknown keys are an error with a suggestion, because a silently ignored typo in a recipe
+    is a run with settings nobody asked for.
+    """
+    cfg = dataclasses.replace(base) if base else RunConfig()
+    cfg = _deepcopy(cfg)
+    flat: dict[str, Any] = {}
+    for key, value in (data or {}).items():
+        if key in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section of settings, got {value!r}")
+            section_fields = {f.name for f in fields(SECTIONS[key])}
+            for sub, v in value.items():
+                if sub not in section_fields:
+                    raise ConfigError(_unknown(f"{key}.{sub}", sub, section_fields))
+                flat[sub] = v
+        else:
+            flat[key] = value
+    index = field_index()
+    for key, value in flat.items():
+        name = key.replace("-", "_")
+        if name not in index:
+            raise ConfigError(_unknown(key, name, set(index)))
+        set_field(cfg, name, coerce(name, value))
+    return cfg
+
+
+def set_field(cfg: RunConfig, name: str, value: Any) -> None:
+    section, _ = field_index()[name]
+    setattr(getattr(cfg, section) if section else cfg, name, value)
+
+
+def get_field(cfg: RunConfig, name: str) -> Any:
+    section, _ = field_index()[name]
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def _unknown(shown: str, name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {shown!r}{hint}"
+
+
+def _deepcopy(cfg: RunConfig) -> RunConfig:
+    import copy
+
+    return copy.deepcopy(cfg)
+
+
+def load_yaml(path: Union[str, Path]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping of settings")
+    return data
+
+
+def load_config(
+    recipe: Optional[Union[str, Path]] = None, overrides: Optional[dict[str, Any]] = None
+) -> RunConfig:
+    """Defaults, then the recipe, then explicit overrides (flat names); validated."""
+    cfg = RunConfig()
+    if recipe is not None:
+        cfg = from_dict(load_yaml(recipe), cfg)
+    if overrides:
+        cfg = from_dict(overrides, cfg)
+    return cfg.validate()

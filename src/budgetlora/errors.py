@@ -1,0 +1,30 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2, no traceback.
+
+Anything that is not a `UserError` is a bug in budgetlora and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input or a refused request: the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """An unknown, mistyped or out-of-range setting."""
+
+
+class DataError(UserError):
+    """A data file that is missing, unreadable or malformed."""
+
+
+class BudgetError(UserError):
+    """A configuration with too many trainable parameters."""
+
+
+class ModelLoadError(UserError):
+    """A model that cannot be found, downloaded or loaded safely."""
+
+
+class RunDirError(UserError):
+    """An output folder that cannot be used (finished run, locked, unwritable)."""

@@ -1,0 +1,312 @@
+"""Load a pretrained encoder, put a classification head on it and let peft insert LoRA.
+
+Two heads:
+- `default`: `AutoModelForSequenceClassification`, the architecture's own head. Its trainable part
+  is every top-level module outside the pretrained encoder (roberta: `classifier`; distilbert:
+  `pre_classifier` + `classifier`; deberta-v2: `pooler` + `classifier`), because those modules are
+  freshly initialised and would stay random if frozen.
+- `linear`: `EncoderClassifier` below, one linear layer on the first token (or the mean of the
+  tokens). Same shape of module tree for every architecture.
+
+The head is registered with peft as `modules_to_save`, so `save_pretrained` writes it into the
+adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-head problem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from budgetlora.config import LoraConfig, ModelConfig, RunConfig
+from budgetlora.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+BUDGETLORA_META = "budgetlora.json"  # written into adapter/ so a run can be rebuilt from its folder
+
+
+class EncoderClassifier(nn.Module):
+    """A pretrained encoder with one linear layer on the first token (or mean of tokens)."""
+
+    base_model_prefix = "encoder"
+
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str = "first"):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config  # peft and transformers utilities look for `.config`
+        self.pooling = pooling
+        hidden = encoder.config.hidden_size
+        p = getattr(encoder.config, "classifier_dropout", None)
+        if p is None:
+            p = getattr(encoder.config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(hidden, num_labels)
+        nn.init.normal_(self.classifier.weight, std=getattr(encoder.config, "initializer_range", 0.02))
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        kwargs.pop("inputs_embeds", None)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "mean" and attention_mask is not None:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving and loading the pretrained parts
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    return {"trust_remote_code": cfg.trust_remote_code}
+
+
+def _wrap_load_error(what: str, name: str, err: Exception) -> ModelLoadError:
+    local = Path(name).expanduser()
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if local.exists():
+        return ModelLoadError(f"{name}: cannot load the {what} from this folder ({text})")
+    if "/" in name and (name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists()):
+        return ModelLoadError(f"{name}: no such model folder")
+    return ModelLoadError(
+        f"{name}: cannot load the {what} from the Hugging Face Hub ({text}). If this machine is "
+        "offline, pass a local model folder with --model (see `get_pretrained.sh` in the README)"
+    )
+
+
+def load_hf_config(cfg: ModelConfig, num_labels: Optional[int] = None, label_names: Optional[list[str]] = None):
+    from transformers import AutoConfig
+
+    kwargs = _load_kwargs(cfg)
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    if label_names:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    try:
+        return AutoConfig.from_pretrained(cfg.model, **kwargs)
+    except Exception as e:  # transformers raises OSError/ValueError/HF errors for the same cause
+        raise _wrap_load_error("model config", cfg.model, e) from None
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise _wrap_load_error("tokenizer", name_or_path, e) from None
+
+
+def _check_weights_present(cfg: ModelConfig) -> None:
+    """Refuse pickle-only weights early: a clear message beats a transformers stack trace."""
+    folder = Path(cfg.model).expanduser()
+    if not folder.is_dir():
+        return
+    safes = list(folder.glob("*.safetensors")) + list(folder.glob("*.safetensors.index.json"))
+    pickles = list(folder.glob("pytorch_model*.bin"))
+    if not safes and not pickles:
+        raise ModelLoadError(f"{cfg.model}: the folder has no model weights (model.safetensors)")
+    if not safes and not cfg.allow_pickle_weights:
+        raise ModelLoadError(
+            f"{cfg.model}: only pickle weights (pytorch_model.bin) found; convert them to safetensors "
+            "or pass --allow-pickle-weights if you trust their source"
+        )
+
+
+def build_classifier(
+    cfg: ModelConfig, num_labels: int, label_names: Optional[list[str]] = None, hf_config=None
+) -> nn.Module:
+    """The pretrained encoder with a freshly initialised head, all in fp32 (master weights)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    hf_config = hf_config or load_hf_config(cfg, num_labels, label_names)
+    _check_weights_present(cfg)
+    kwargs = dict(
+        config=hf_config,
+        attn_implementation=cfg.attn_implementation,
+        use_safetensors=None if cfg.allow_pickle_weights else True,
+        dtype=torch.float32,
+        **_load_kwargs(cfg),
+    )
+    _quiet_transformers()
+    try:
+        return _with_attn_fallback(
+            lambda **kw: _make(cfg, num_labels, lambda cls, **k: cls.from_pretrained(cfg.model, **k), **kw), kwargs
+        )
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise _wrap_load_error("model weights", cfg.model, e) from None
+
+
+def build_classifier_from_config(cfg: ModelConfig, hf_config) -> nn.Module:
+    """The same module tree as `build_classifier`, randomly initialised (tests, meta counting)."""
+    _quiet_transformers()
+    kwargs = {"attn_implementation": cfg.attn_implementation}
+    return _with_attn_fallback(
+        lambda **kw: _make(cfg, hf_config.num_labels, lambda cls, **k: cls.from_config(hf_config, **k), **kw), kwargs
+    )
+
+
+def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    if cfg.head == "default":
+        return construct(AutoModelForSequenceClassification, **kwargs)
+    try:
+        encoder = construct(AutoModel, add_pooling_layer=False, **kwargs)
+    except TypeError:  # architectures without a pooler do not take the argument
+        encoder = construct(AutoModel, **kwargs)
+    return EncoderClassifier(encoder, num_labels, cfg.pooling)
+
+
+def _with_attn_fallback(make, kwargs: dict[str, Any]) -> nn.Module:
+    """Some architectures (mpnet) have no SDPA kernel: fall back to eager attention and say so."""
+    try:
+        return make(**kwargs)
+    except ValueError as e:
+        if "attention implementation" not in str(e) or kwargs.get("attn_implementation") == "eager":
+            raise
+        log.warning("this architecture does not support %s attention; using eager", kwargs["attn_implementation"])
+        return make(**{**kwargs, "attn_implementation": "eager"})
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Top-level modules with parameters outside the pretrained encoder: the head to train."""
+    prefix = getattr(model, "base_model_prefix", None)
+    return [
+        name
+        for name, child in model.named_children()
+        if name != prefix and any(True for _ in child.parameters())
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA through peft
+# ---------------------------------------------------------------------------------------------
+
+
+def peft_lora_config(lora: LoraConfig, head_modules: list[str], head: str):
+    """Translate our LoraConfig into peft's. The head goes in `modules_to_save`."""
+    import peft
+
+    target = lora.target_modules
+    if isinstance(target, list):
+        target = list(target)
+    return peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=target,
+        layers_to_transform=list(lora.layers) if lora.layers else None,
+        bias=lora.bias,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        init_lora_weights=lora.peft_init,
+        rank_pattern=dict(lora.rank_pattern),
+        alpha_pattern=dict(lora.alpha_pattern),
+        modules_to_save=list(head_modules) + list(lora.modules_to_train),
+        # SEQ_CLS gives users the standard PeftModelForSequenceClassification for the default head.
+        task_type=peft.TaskType.SEQ_CLS if head == "default" else None,
+    )
+
+
+def add_lora(model: nn.Module, run: RunConfig):
+    import peft
+
+    heads = head_module_names(model)
+    pcfg = peft_lora_config(run.lora, heads, run.model.head)
+    try:
+        return peft.get_peft_model(model, pcfg)
+    except ValueError as e:
+        # peft says "Target modules ... not found in the base model" for a typo in target_modules.
+        from budgetlora.errors import ConfigError
+
+        raise ConfigError(f"target_modules/layers: {str(e).splitlines()[0]}") from None
+
+
+def build_model(run: RunConfig, num_labels: int, label_names: Optional[list[str]] = None):
+    """Pretrained encoder + head + LoRA, ready to train."""
+    base = build_classifier(run.model, num_labels, label_names)
+    return add_lora(base, run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading a trained run
+# ---------------------------------------------------------------------------------------------
+
+
+def save_adapter(model, tokenizer, run: RunConfig, label_names: list[str], out_dir: Path) -> None:
+    """adapter/: peft weights (LoRA + head), tokenizer and what is needed to rebuild the base."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    meta = {
+        "base_model": run.model.model,
+        "head": run.model.head,
+        "pooling": run.model.pooling,
+        "num_labels": len(label_names),
+        "label_names": list(label_names),
+        "max_length": run.data.max_length,
+    }
+    (out_dir / BUDGETLORA_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
+    path = Path(adapter_dir) / BUDGETLORA_META
+    if not path.is_file():
+        raise ModelLoadError(f"{adapter_dir}: not a budgetlora adapter folder ({BUDGETLORA_META} is missing)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_trained(run_dir: Path, model_cfg: Optional[ModelConfig] = None, merge: bool = True):
+    """(model in eval mode, tokenizer, adapter meta) from a finished run folder.
+
+    `model_cfg` overrides where the base model is loaded from (the run may have been trained on
+    another machine where the base lived in another folder).
+    """
+    import peft
+
+    adapter_dir = Path(run_dir) / "adapter"
+    if not adapter_dir.is_dir():
+        raise ModelLoadError(f"{run_dir}: no adapter/ folder; is this a finished budgetlora run?")
+    meta = read_adapter_meta(adapter_dir)
+    mcfg = model_cfg or ModelConfig(model=meta["base_model"], head=meta["head"], pooling=meta.get("pooling", "first"))
+    base = build_classifier(mcfg, meta["num_labels"], meta["label_names"])
+    model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
+    if merge:
+        # Merged weights: inference runs at the plain encoder's speed, no LoRA side branches.
+        model = model.merge_and_unload()
+    model.eval()
+    tokenizer = load_tokenizer(str(adapter_dir))
+    return model, tokenizer, meta
+
+
+def _quiet_transformers() -> None:
+    """Hide the expected 'newly initialized head' warnings; our own log says what trains."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

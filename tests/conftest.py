@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # unit tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny import make_tiny_model, write_agnews_csv  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_train_csv(tmp_path_factory) -> Path:
+    return write_agnews_csv(tmp_path_factory.mktemp("data") / "train.csv", 240, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_csv(tmp_path_factory) -> Path:
+    return write_agnews_csv(tmp_path_factory.mktemp("data") / "eval.csv", 80, seed=2)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or a skip with the reason when that material is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent (real data/models live in ../shared beside the repo)")
+    return p
