@@ -1,0 +1,164 @@
+"""The `budgetlora` command: a thin layer that parses flags and calls one typed function per command.
+
+All logic lives in the modules (train, evaluate, predict, budget, ...), callable from Python too.
+A `UserError` becomes one line on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import Any, Callable, Optional, Sequence
+
+from budgetlora.config import field_index, field_type
+from budgetlora.errors import UserError
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (`--lora-alpha`), defaulting to 'not given' so recipes still apply."""
+    groups: dict[Optional[str], argparse._ArgumentGroup] = {}
+    for name, (section, f) in field_index().items():
+        group = groups.get(section)
+        if group is None:
+            group = groups[section] = parser.add_argument_group(f"{section or 'run'} settings")
+        flag = "--" + name.replace("_", "-")
+        tp = field_type(name)
+        help_text = f.metadata.get("help", "")
+        if tp is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = _metavar(tp)
+            group.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def _metavar(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if tp is int:
+        return "N"
+    if tp is float:
+        return "X"
+    return "VALUE"
+
+
+def config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    """The config flags the user actually gave (raw strings; config.coerce types them)."""
+    return {name: getattr(ns, name) for name in field_index() if getattr(ns, name, None) is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands. Each is a function of a parsed namespace; the real work is imported lazily so that
+# `budgetlora --help` and error paths start fast.
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from budgetlora.train import train_from_cli
+
+    train_from_cli(recipe=ns.config, overrides=config_overrides(ns), resume=ns.resume, argv=ns._argv)
+    return 0
+
+
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from budgetlora.evaluate import evaluate_run
+
+    report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples)
+    print(f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  ({report['n']} rows)")
+    print(f"report: {report['path']}")
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from budgetlora.predict import predict_file, predict_text
+
+    if ns.text is not None:
+        label, prob = predict_text(ns.run, ns.text, model=ns.model)
+        print(f"{label}\t{prob:.4f}")
+        return 0
+    if not ns.input or not ns.output:
+        raise UserError("predict: give --input FILE and --output OUT.csv, or --text \"...\"")
+    summary = predict_file(
+        ns.run, ns.input, ns.output, probabilities=ns.probabilities, model=ns.model,
+        batch_size=ns.batch_size, quantize=ns.quantize, overwrite=ns.overwrite,
+    )
+    print(f"wrote {summary['rows']} predictions to {summary['output']} ({summary['samples_per_second']:.1f} texts/s)")
+    return 0
+
+
+def cmd_plan(ns: argparse.Namespace) -> int:
+    from budgetlora.plan import plan_command
+
+    print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "plan": cmd_plan,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="budgetlora",
+        description="LoRA fine-tuning of pretrained encoders for text classification under a trainable-parameter budget.",
+    )
+    p.add_argument("--debug", action="store_true", help="Show full tracebacks for errors.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
+    t.add_argument("--config", metavar="RECIPE", help="YAML recipe; flags given here override it.")
+    t.add_argument("--resume", metavar="DIR", help="Continue an interrupted run from its folder.")
+    add_config_flags(t)
+
+    e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores and confusion matrix of a run.")
+    e.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
+    e.add_argument("--data", required=True, metavar="FILE", help="Labelled data file to evaluate on.")
+    e.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
+    e.add_argument("--batch-size", type=int, default=None, metavar="N")
+    e.add_argument("--max-samples", type=int, default=None, metavar="N", help="Evaluate the first N rows only.")
+
+    pr = sub.add_parser("predict", help="Write a Kaggle-style submission (ID,Label) or classify one text.")
+    pr.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
+    pr.add_argument("--input", metavar="FILE", help="Texts to classify (any supported format).")
+    pr.add_argument("--output", metavar="OUT.csv", help="Submission CSV to write.")
+    pr.add_argument("--text", metavar="TEXT", help="Classify this one text and print label and probability.")
+    pr.add_argument("--probabilities", action="store_true", help="Add one probability column per class.")
+    pr.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
+    pr.add_argument("--batch-size", type=int, default=None, metavar="N")
+    pr.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of linear layers (CPU).")
+    pr.add_argument("--overwrite", action="store_true", help="Replace OUT.csv if it exists.")
+
+    pl = sub.add_parser("plan", help="Best adapter configurations under a budget, counted from the model config alone.")
+    pl.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Hub id, model folder or config.json.")
+    pl.add_argument("--budget", type=int, default=None, metavar="N", help="Trainable parameters must be fewer (default 1,000,000).")
+    pl.add_argument("--labels", type=int, default=4, metavar="N", help="Number of classes.")
+    pl.add_argument("--top", type=int, default=20, metavar="N", help="Rows to print.")
+    pl.add_argument("--json", action="store_true", help="Print every candidate as JSON.")
+    pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    ns._argv = argv
+    try:
+        return COMMANDS[ns.command](ns)
+    except UserError as e:
+        if ns.debug:
+            raise
+        print(f"budgetlora: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("budgetlora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
