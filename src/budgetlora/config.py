@@ -217,6 +217,10 @@ class TrainConfig:
     patience: Optional[int] = _help(
         "Early stopping: stop after this many evaluations without a better validation accuracy.", default=None
     )
+    save_every: Optional[int] = _help(
+        "Write a resumable checkpoint every N optimizer steps (and always at each epoch end).", default=None
+    )
+    keep_checkpoints: int = _help("Resumable checkpoints to keep (the newest ones; the best adapter is kept apart).", default=2)
     group_by_length: bool = _help(
         "Batch rows of similar length together (in shuffled buckets) so padding is small.", default=True
     )
@@ -252,6 +256,10 @@ class TrainConfig:
             raise ConfigError(f"eval_every: must be >= 1, got {self.eval_every!r}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience: must be >= 1, got {self.patience!r}")
+        if self.save_every is not None and self.save_every < 1:
+            raise ConfigError(f"save_every: must be >= 1, got {self.save_every!r}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints!r}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers!r}")
 

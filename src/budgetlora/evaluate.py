@@ -1,0 +1,189 @@
+"""Evaluation: the inference loop shared with training and prediction, and `budgetlora evaluate`.
+
+Inference batches are sorted by length (longest first) so each batch pads only to its own longest
+row; logits are put back into input order before anyone sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    batch_size: int,
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits [N, num_labels] in fp32, in the order of `input_ids`."""
+    from tqdm.auto import tqdm
+
+    from budgetlora.data import sorted_batches
+
+    was_training = model.training
+    model.eval()
+    lengths = [len(x) for x in input_ids]
+    out: Optional[torch.Tensor] = None
+    batches = sorted_batches(lengths, batch_size)
+    for idx in tqdm(batches, desc="predict", unit="batch", disable=not progress or None, leave=False):
+        batch = collate([{"input_ids": input_ids[i]} for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+        with autocast(device, precision):
+            logits = model(**batch).logits.float()
+        if out is None:
+            out = torch.empty(len(input_ids), logits.shape[-1], dtype=torch.float32)
+        out[torch.as_tensor(idx)] = logits.cpu()
+    if was_training:
+        model.train()
+    if out is None:
+        raise ValueError("no rows to predict")
+    return out
+
+
+def accuracy_and_loss(model, enc, batch_size: int, collate, device: torch.device, precision: str) -> tuple[float, float]:
+    logits = predict_logits(model, enc.input_ids, batch_size, collate, device, precision)
+    labels = torch.as_tensor(enc.labels)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    acc = (logits.argmax(-1) == labels).float().mean().item()
+    return acc, loss
+
+
+def classification_report(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (sklearn)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = list(range(len(label_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, name in enumerate(label_names)
+        },
+        "label_names": list(label_names),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+class LoadedRun:
+    """A finished run ready for inference: merged model, tokenizer, settings, device, precision."""
+
+    def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
+        from budgetlora.config import ModelConfig, load_config
+        from budgetlora.data import Collator
+        from budgetlora.model import load_trained, read_adapter_meta
+        from budgetlora.train import resolve_precision
+
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "adapter").is_dir():
+            from budgetlora.errors import RunDirError
+
+            raise RunDirError(f"{self.run_dir}: no trained adapter here (adapter/ is missing); is this a finished run?")
+        cfg_path = self.run_dir / "config.yaml"
+        self.cfg = load_config(cfg_path) if cfg_path.is_file() else None
+        meta = read_adapter_meta(self.run_dir / "adapter")
+        mcfg = None
+        if model or self.cfg is not None:
+            base = self.cfg.model if self.cfg is not None else ModelConfig()
+            mcfg = ModelConfig(
+                model=model or meta["base_model"], head=meta["head"], pooling=meta.get("pooling", "first"),
+                attn_implementation=base.attn_implementation, trust_remote_code=base.trust_remote_code,
+                allow_pickle_weights=base.allow_pickle_weights,
+            )
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer, self.meta = load_trained(self.run_dir, mcfg, merge=True)
+        self.precision = resolve_precision(self.cfg.train.precision if self.cfg else "auto", self.device)
+        if quantize:
+            self.model = quantize_int8(self.model)
+            self.precision = "fp32"  # int8 kernels take fp32 activations
+        self.model.to(self.device)
+        self.label_names: list[str] = list(self.meta["label_names"])
+        self.max_length = int(self.meta.get("max_length", 128))
+        self.eval_batch_size = self.cfg.train.eval_batch_size if self.cfg else 128
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.collate = Collator(pad)
+
+    def logits(self, texts: list[str], batch_size: Optional[int] = None, progress: bool = False) -> torch.Tensor:
+        from budgetlora.data import encode
+
+        enc = encode(texts, self.tokenizer, self.max_length)
+        return predict_logits(
+            self.model, enc.input_ids, batch_size or self.eval_batch_size, self.collate, self.device,
+            self.precision, progress=progress,
+        )
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantization of every Linear layer (weights int8, activations quantized per batch)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model.float(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def data_name(path: Union[str, Path]) -> str:
+    stem = Path(path).name
+    for suffix in (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pkl", ".pickle"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "data"
+
+
+def evaluate_run(
+    run_dir: Union[str, Path],
+    data: Union[str, Path],
+    model: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    max_samples: Optional[int] = None,
+) -> dict[str, Any]:
+    """Score a finished run on a labelled file; writes DIR/eval/<data name>.json and a confusion-matrix PNG."""
+    from budgetlora.config import DataConfig
+    from budgetlora.data import load_file
+    from budgetlora.plots import plot_confusion
+    from budgetlora.rundir import atomic_write_json
+
+    run = LoadedRun(run_dir, model=model)
+    dcfg = run.cfg.data if run.cfg else DataConfig()
+    textset = load_file(data, dcfg, require_labels=True, label_names=run.label_names)
+    if max_samples:
+        textset = textset.subset(range(min(max_samples, len(textset))))
+    start = time.perf_counter()
+    logits = run.logits(textset.texts, batch_size, progress=True)
+    seconds = time.perf_counter() - start
+    y_pred = logits.argmax(-1).tolist()
+    report = classification_report(textset.labels, y_pred, run.label_names)
+    report.update({"data": str(data), "run": str(run_dir), "eval_samples_per_second": len(y_pred) / max(seconds, 1e-9)})
+    out_dir = Path(run_dir) / "eval"
+    out_dir.mkdir(exist_ok=True)
+    name = data_name(data)
+    path = out_dir / f"{name}.json"
+    atomic_write_json(path, report)
+    try:
+        plot_confusion(np.array(report["confusion_matrix"]), run.label_names, out_dir / f"{name}_confusion.png",
+                       title=f"{name}: accuracy {report['accuracy']:.4f}")
+    except Exception as e:  # the JSON is what matters; a plot failure must not lose it
+        log.warning("could not draw the confusion matrix: %s", e)
+    report["path"] = str(path)
+    return report

@@ -1,0 +1,136 @@
+"""The run folder: atomic writes, refusal to clobber a finished run, one live run per folder.
+
+Every file a run writes goes through a temporary name and `os.replace`, so a run killed at any
+moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+from budgetlora.errors import RunDirError
+
+LOCK_NAME = ".lock"
+FINISHED_MARK = "metrics.json"
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Union[str, Path], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def is_finished_run(path: Path) -> bool:
+    metrics = Path(path) / FINISHED_MARK
+    if not metrics.is_file():
+        return False
+    try:
+        return bool(json.loads(metrics.read_text(encoding="utf-8")).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+def check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as e:
+        raise RunDirError(f"{path}: output folder is not writable ({e.strerror or e})") from None
+
+
+class RunLock:
+    """A lock file holding the owner's pid, so that two runs never write into one folder.
+
+    A lock whose process is gone (killed, machine rebooted) is stale and is taken over.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    owner = self.path.read_text(encoding="utf-8", errors="replace").strip()
+                    raise RunDirError(
+                        f"{self.path.parent}: another budgetlora run (pid {owner.split()[0]}) is writing to "
+                        "this folder; wait for it or choose another --output-dir"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is dead
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise RunDirError(f"{self.path}: could not take the run lock")
+
+    def _owner_alive(self) -> bool:
+        try:
+            pid_text, host = (self.path.read_text(encoding="utf-8").split() + [""])[:2]
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return False  # unreadable or half-written lock: treat as stale
+        if host and host != socket.gethostname():
+            return True  # another machine's process: we cannot tell, so do not steal it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def prepare_output_dir(path: Union[str, Path, None], overwrite: bool = False) -> Path:
+    """Create/validate the folder; refuse to replace a finished run unless asked."""
+    if not path:
+        raise RunDirError("output_dir: give --output-dir DIR for the run's outputs")
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a folder")
+    if is_finished_run(out) and not overwrite:
+        raise RunDirError(
+            f"{out}: holds a finished run; choose another --output-dir or pass --overwrite to replace it"
+        )
+    check_writable(out)
+    return out

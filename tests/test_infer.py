@@ -1,0 +1,82 @@
+"""`budgetlora evaluate` and `budgetlora predict` on a run trained on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+
+from budgetlora.cli import main
+from budgetlora.config import load_config
+from budgetlora.train import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, tiny_train_csv):
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = load_config(None, {
+        "model": str(tiny_model_dir), "train_file": str(tiny_train_csv), "output_dir": str(out),
+        "epochs": 3, "batch_size": 16, "lr": 5e-3, "r": 4, "head": "linear", "seed": 3,
+    })
+    train(cfg)
+    return out
+
+
+def test_evaluate_writes_report_and_prints(tiny_run, tiny_eval_csv, capsys):
+    assert main(["evaluate", "--run", str(tiny_run), "--data", str(tiny_eval_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "macro_f1" in printed
+    report = json.loads((tiny_run / "eval" / "eval.json").read_text())
+    assert report["n"] == 80
+    assert set(report["per_class"]) == {"World", "Sports", "Business", "Sci/Tech"}
+    assert len(report["confusion_matrix"]) == 4 and sum(map(sum, report["confusion_matrix"])) == 80
+    assert 0.0 <= report["macro_f1"] <= 1.0
+    assert (tiny_run / "eval" / "eval_confusion.png").stat().st_size > 1000
+
+
+def test_predict_writes_submission_in_input_order(tiny_run, tmp_path):
+    texts = ["the match goal coach", "shares profit bank", "", "chip software internet " * 50, "war minister"]
+    inp = tmp_path / "texts.jsonl"
+    pd.DataFrame({"text": texts}).to_json(inp, orient="records", lines=True)
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--run", str(tiny_run), "--input", str(inp), "--output", str(out), "--probabilities"]) == 0
+    rows = list(csv.reader(out.open()))
+    assert rows[0][:2] == ["ID", "Label"] and len(rows[0]) == 6
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(len(texts))]
+    assert all(r[1] in {"0", "1", "2", "3"} for r in rows[1:])
+    for r in rows[1:]:
+        assert abs(sum(map(float, r[2:])) - 1.0) < 1e-3
+    # Sorting batches by length must not reorder the output: same as one-by-one prediction.
+    one_by_one = []
+    for t in texts:
+        single = tmp_path / "one.jsonl"
+        pd.DataFrame({"text": [t]}).to_json(single, orient="records", lines=True)
+        o = tmp_path / "one.csv"
+        main(["predict", "--run", str(tiny_run), "--input", str(single), "--output", str(o), "--overwrite"])
+        one_by_one.append(list(csv.reader(o.open()))[1][1])
+    assert [r[1] for r in rows[1:]] == one_by_one
+
+
+def test_predict_uses_id_column_and_refuses_to_overwrite(tiny_run, tmp_path, capsys):
+    inp = tmp_path / "with_ids.csv"
+    pd.DataFrame({"id": [10, 20, 30], "text": ["goal", "bank", "chip"]}).to_csv(inp, index=False)
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--run", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 0
+    assert [r["ID"] for r in csv.DictReader(out.open())] == ["10", "20", "30"]
+    before = out.read_bytes()
+    assert main(["predict", "--run", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 2
+    assert out.read_bytes() == before
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_predict_one_text(tiny_run, capsys):
+    assert main(["predict", "--run", str(tiny_run), "--text", "the coach said the league season"]) == 0
+    label, prob = capsys.readouterr().out.strip().split("\t")
+    assert label in {"World", "Sports", "Business", "Sci/Tech"} and 0.25 <= float(prob) <= 1.0
+
+
+def test_not_a_run_folder(tmp_path, capsys):
+    assert main(["predict", "--run", str(tmp_path), "--text", "x"]) == 2
+    assert "adapter" in capsys.readouterr().err
