@@ -18,12 +18,12 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta", pretrain_steps=60)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert", pretrain_steps=60)
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def make_tokenizer(out_dir: Path):
     return fast
 
 
-def tiny_config(arch: str = "roberta", vocab_size: int = 200, pad_token_id: int = 0, num_labels: int = 4):
+def tiny_config(arch: str = "roberta", vocab_size: int = 200, pad_token_id: int = 0, num_labels: int = 4, initializer_range: float = 0.02):
     import transformers
 
     cls_name, extra = ARCH_CONFIGS[arch]
@@ -89,14 +89,35 @@ def tiny_config(arch: str = "roberta", vocab_size: int = 200, pad_token_id: int 
     return cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common, **extra)
 
 
-def make_tiny_model(out_dir: Path, arch: str = "roberta", seed: int = 0) -> Path:
-    """A saved tiny pretrained-style model folder: config, safetensors weights, tokenizer."""
-    from transformers import AutoModel
+def make_tiny_model(out_dir: Path, arch: str = "roberta", seed: int = 0, pretrain_steps: int = 0) -> Path:
+    """A saved tiny pretrained-style model folder: config, safetensors weights, tokenizer.
+
+    A randomly initialised encoder this small barely moves under LoRA in a few dozen steps, so tests
+    that check that training *learns* use `pretrain_steps`: the whole model is first fine-tuned
+    briefly on other synthetic rows, like a real pretrained encoder whose features already carry
+    the signal, and only its encoder is saved (the head is new, as in real use).
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(out_dir)
     cfg = tiny_config(arch, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    AutoModel.from_config(cfg).save_pretrained(str(out_dir))
+    if not pretrain_steps:
+        AutoModel.from_config(cfg).save_pretrained(str(out_dir))
+        return out_dir
+    full = AutoModelForSequenceClassification.from_config(cfg)
+    texts, labels = make_texts(400, seed=99)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    y = torch.tensor(labels)
+    opt = torch.optim.AdamW(full.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(pretrain_steps):
+        idx = torch.randint(0, len(texts), (32,), generator=g)
+        loss = full(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx], labels=y[idx]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    full.base_model.save_pretrained(str(out_dir))
     return out_dir

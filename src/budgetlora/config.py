@@ -433,7 +433,9 @@ def from_dict(data: dict[str, Any], base: Optional[RunConfig] = None) -> RunConf
     cfg = _deepcopy(cfg)
     flat: dict[str, Any] = {}
     for key, value in (data or {}).items():
-        if key in SECTIONS:
+        # `model` is both a section and the field naming the model: a mapping is the section,
+        # anything else is the field (so `model: roberta-base` works as a recipe shorthand).
+        if key in SECTIONS and (isinstance(value, dict) or key not in field_index()):
             if value is None:
                 continue
             if not isinstance(value, dict):

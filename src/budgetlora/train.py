@@ -173,7 +173,8 @@ class JsonlLog:
 
 def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False) -> dict[str, Any]:
     """Train under the budget and write the run folder. Returns the metrics dict."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -222,12 +223,13 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
         total_params = sum(p.numel() for p in model.parameters())
 
         # 3. Devices, precision, loaders, optimizer.
-        probe = Accelerator(cpu=not torch.cuda.is_available())
-        precision = resolve_precision(t.precision, probe.device)
+        precision = resolve_precision(t.precision, PartialState().device)
+        # Accelerate keeps its settings in a process-wide singleton; train() is a library function
+        # that may run several times in one process with different precisions, so start afresh.
+        AcceleratorState._reset_state()
         accelerator = Accelerator(
             mixed_precision="no" if precision == "fp32" else precision,
             gradient_accumulation_steps=t.grad_accum,
-            cpu=probe.device.type == "cpu",
         )
         device = accelerator.device
         collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
