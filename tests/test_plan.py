@@ -21,10 +21,7 @@ ARCHS = list(ARCH_CONFIGS)
 def _run_from_train_args(args: list[str]):
     """Read a candidate's flags exactly as `budgetlora train` would."""
     ns = build_parser().parse_args(["train", *args])
-    overrides = config_overrides(ns)
-    # config.from_dict reads a flat 'model' key as the model: section; the count needs no path
-    overrides.pop("model", None)
-    return load_config(None, overrides)
+    return load_config(None, config_overrides(ns))
 
 
 def _four_layers(arch: str):

@@ -703,6 +703,8 @@ def count_on_meta(run: RunConfig, hf_config: Any, num_labels: int) -> Breakdown:
             model = add_lora(build_classifier_from_config(run.model, cfg), run)
     except ValueError as e:  # peft's config checks, raised before add_lora's own translation
         raise ConfigError(f"target_modules/layers: {str(e).splitlines()[0]}") from None
+    except TypeError as e:  # peft: "modules_to_save cannot be applied to modules of type ..."
+        raise ConfigError(f"modules_to_train: {str(e).splitlines()[0]}") from None
     return count_trainable(model)
 
 

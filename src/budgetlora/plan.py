@@ -34,7 +34,6 @@ DEFAULT_BUDGET = 1_000_000
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
 ROLES = ("all", "attn", "qkv", "qv")
-ROLE_TEXT = {"all": "every linear layer", "attn": "q,k,v,o", "qkv": "q,k,v", "qv": "q,v"}
 
 
 @dataclass
@@ -173,11 +172,18 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4) -> t
     if budget < 1:
         raise ConfigError(f"budget: must be a positive number of parameters, got {budget}")
     invs = _inventories(hf_config, num_labels)
+    if not invs:
+        raise ConfigError(
+            f"plan: no numbered encoder blocks found in this {getattr(hf_config, 'model_type', '?')} model; "
+            "count a given configuration with --explain instead"
+        )
     found: dict[tuple, Candidate] = {}
     tried = 0
     for head, inv in invs.items():
-        full = analyse(_run_config(head, "all-linear", None, 1, False), inv)
-        n_all = len(full.adapted)
+        try:
+            n_all = len(analyse(_run_config(head, "all-linear", None, 1, False), inv).adapted)
+        except _NeedsMeta:  # unknown layer types: count the plain linear layers outside the head
+            n_all = sum(1 for m in inv.modules if m.kind == "linear" and m.name.split(".")[0] not in inv.head_names)
         for role in ROLES:
             if role not in inv.roles:
                 continue
