@@ -90,6 +90,14 @@ class LoraConfig:
     layers: Optional[list[int]] = _help(
         "Only adapt these encoder layers (0-based); empty means all layers.", default=None
     )
+    layers_relative_to: Optional[int] = _help(
+        "The layer count N that --layers (and layer numbers inside --target-modules names such as "
+        "encoder.layer.10.output.dense) were written for. On a model with L layers, index i becomes "
+        "round(i*(L-1)/(N-1)) (halves up, duplicates dropped), so '--layers 0,1,5,10,11 "
+        "--layers-relative-to 12' adapts the same relative depths of a 6-layer model (0,2,5). "
+        "Empty: indices are used as given. The budget count uses the same mapping.",
+        default=None,
+    )
     bias: Literal["none", "all", "lora_only"] = _help(
         "Which biases train: none, all biases of the model, or only those of adapted modules.",
         default="none",
@@ -134,9 +142,46 @@ class LoraConfig:
             raise ConfigError("target_modules: name at least one module, or 'all-linear'")
         if self.layers is not None and any((not isinstance(i, int)) or i < 0 for i in self.layers):
             raise ConfigError(f"layers: must be non-negative layer indices, got {self.layers!r}")
+        if self.layers_relative_to is not None:
+            n = self.layers_relative_to
+            if not isinstance(n, int) or n < 2:
+                raise ConfigError(f"layers_relative_to: must be a layer count >= 2, got {n!r}")
+            named = [i for t in self.target_modules for i in _name_layer_indices(t)] if isinstance(self.target_modules, list) else []
+            too_deep = sorted({i for i in list(self.layers or []) + named if i >= n})
+            if too_deep:
+                raise ConfigError(
+                    f"layers_relative_to: layer indices {too_deep} do not exist in a {n}-layer model; "
+                    "give the layer count the indices were written for"
+                )
         for k, v in self.rank_pattern.items():
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"rank_pattern[{k!r}]: rank must be a positive integer, got {v!r}")
+
+    def resolved_layers(self, num_layers: Optional[int]) -> Optional[list[int]]:
+        """`layers` for a model with `num_layers` layers (see `layers_relative_to`)."""
+        if self.layers is None or self.layers_relative_to is None:
+            return None if self.layers is None else list(self.layers)
+        return _dedup([map_layer_index(i, self.layers_relative_to, _need_layers(num_layers)) for i in self.layers])
+
+    def resolved_target_modules(self, num_layers: Optional[int]) -> Union[list[str], str]:
+        """`target_modules` with layer numbers inside list entries mapped like `resolved_layers`.
+
+        Only a number right after a `layer`/`layers`/`h`/`block`/`blocks` part (peft's layer
+        patterns) is a layer index; regular expressions and 'all-linear' are left as they are.
+        """
+        if self.layers_relative_to is None or isinstance(self.target_modules, str):
+            return self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        if not any(_name_layer_indices(t) for t in self.target_modules):
+            return list(self.target_modules)
+        n, total = self.layers_relative_to, _need_layers(num_layers)
+        out = []
+        for t in self.target_modules:
+            parts = t.split(".")
+            for k in range(1, len(parts)):
+                if parts[k].isdigit() and parts[k - 1] in _LAYER_PARTS:
+                    parts[k] = str(map_layer_index(int(parts[k]), n, total))
+            out.append(".".join(parts))
+        return _dedup(out)
 
     @property
     def peft_init(self) -> Union[bool, str]:
@@ -227,6 +272,21 @@ class TrainConfig:
     seed: int = _help("Seed for data split, shuffling, initialisation and dropout.", default=42)
     num_workers: int = _help("DataLoader worker processes (0 = in the main process).", default=0)
     compile: bool = _help("Compile the model with torch.compile.", default=False)
+    teacher: Optional[str] = _help(
+        "Knowledge distillation: a finished budgetlora run folder whose predictions the student also "
+        "learns from; an ensemble is a comma-separated list of run folders whose probabilities are "
+        "averaged. The teacher is not trained, so it does not count against the budget. Its logits "
+        "on the training rows are computed once and cached in the run's cache/ folder.",
+        default=None,
+    )
+    distill_alpha: float = _help(
+        "Weight of the distillation term: loss = (1-alpha) x cross-entropy + alpha x T^2 x "
+        "KL(teacher || student), both softened by the temperature T. Used only with --teacher.",
+        default=0.5,
+    )
+    distill_temperature: float = _help(
+        "Softmax temperature T of the distillation term (> 1 softens both distributions).", default=2.0
+    )
 
     def validate(self) -> None:
         if self.epochs <= 0 and not self.max_steps:
@@ -262,6 +322,17 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints!r}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers: must be >= 0, got {self.num_workers!r}")
+        if self.teacher is not None and not self.teacher_dirs:
+            raise ConfigError("teacher: give a finished run folder, or several separated by commas")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"distill_alpha: must be in [0, 1], got {self.distill_alpha!r}")
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature: must be > 0, got {self.distill_temperature!r}")
+
+    @property
+    def teacher_dirs(self) -> list[str]:
+        """The teacher run folders (one, or the members of an ensemble)."""
+        return [t.strip() for t in (self.teacher or "").split(",") if t.strip()]
 
 
 @dataclass
@@ -305,6 +376,57 @@ TOP_LEVEL = ("budget", "output_dir", "overwrite")
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer indices written for another depth (LoraConfig.layers_relative_to). model.add_lora and
+# budget.analyse both call `resolve_relative_layers`, so what trains is what was counted.
+# ---------------------------------------------------------------------------------------------
+
+_LAYER_PARTS = ("layer", "layers", "h", "block", "blocks")  # peft's default layers_pattern
+
+
+def map_layer_index(i: int, written_for: int, num_layers: int) -> int:
+    """Index `i` of a `written_for`-layer model -> the same relative depth of a `num_layers` one."""
+    if num_layers <= 1:
+        return 0
+    return min(num_layers - 1, int(i * (num_layers - 1) / (written_for - 1) + 0.5))
+
+
+def model_num_layers(hf_config: Any) -> Optional[int]:
+    """Number of transformer blocks from a transformers config (bert-like, distilbert, others)."""
+    for name in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def resolve_relative_layers(run: "RunConfig", num_layers: Optional[int]) -> "RunConfig":
+    """`run` with `layers` and layer numbers in target names mapped onto a `num_layers`-layer
+    model and `layers_relative_to` cleared (a copy); `run` itself when there is nothing to map."""
+    if run.lora.layers_relative_to is None:
+        return run
+    out = _deepcopy(run)
+    out.lora.layers = run.lora.resolved_layers(num_layers)
+    out.lora.target_modules = run.lora.resolved_target_modules(num_layers)
+    out.lora.layers_relative_to = None
+    return out
+
+
+def _name_layer_indices(name: str) -> list[int]:
+    parts = name.split(".")
+    return [int(parts[k]) for k in range(1, len(parts)) if parts[k].isdigit() and parts[k - 1] in _LAYER_PARTS]
+
+
+def _need_layers(num_layers: Optional[int]) -> int:
+    if not num_layers:
+        raise ConfigError("layers_relative_to: cannot tell how many layers this model has")
+    return num_layers
+
+
+def _dedup(items: list) -> list:
+    return list(dict.fromkeys(items))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,8 +482,11 @@ def _coerce(tp: Any, value: Any) -> Any:
         if set(map(typing.get_origin, non_none)) == {list, None} and str in non_none:
             if isinstance(value, list):
                 return [str(v) for v in value]
-            if isinstance(value, str) and "," in value and value != "all-linear":
-                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, str) and value != "all-linear":
+                # A bare module name (`query`) means that module, like peft's list form; only
+                # text with regex syntax in it is taken as a regular expression.
+                if "," in value or re.fullmatch(r"[\w.]+", value.strip()):
+                    return [v.strip() for v in value.split(",") if v.strip()]
             return str(value)
         for a in non_none:
             try:

@@ -235,11 +235,14 @@ def peft_lora_config(lora: LoraConfig, head_modules: list[str], head: str):
 def add_lora(model: nn.Module, run: RunConfig):
     import peft
 
+    from budgetlora.config import model_num_layers, resolve_relative_layers
+
+    run = resolve_relative_layers(run, model_num_layers(model.config))  # --layers-relative-to
     heads = head_module_names(model)
-    pcfg = peft_lora_config(run.lora, heads, run.model.head)
     try:
+        pcfg = peft_lora_config(run.lora, heads, run.model.head)
         return peft.get_peft_model(model, pcfg)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
         from budgetlora.errors import ConfigError
 

@@ -65,8 +65,6 @@ class Candidate:
     def train_args(self, model: str, budget: int) -> list[str]:
         """The `budgetlora train` flags that reproduce this configuration."""
         targets = self.targets_text
-        if isinstance(self.target_modules, list) and len(self.target_modules) == 1:
-            targets += ","  # one name without a comma would be read as a regular expression
         args = ["--model", model, "--head", self.head, "--target-modules", targets]
         if self.layers is not None:
             args += ["--layers", ",".join(map(str, self.layers))]
