@@ -531,6 +531,9 @@ def analyse(run: RunConfig, inv: Inventory) -> Analysis:
     name-level replay is not certain to match peft (callers fall back to counting on meta).
     """
     _check_combination(run)
+    from budgetlora.config import resolve_relative_layers
+
+    run = resolve_relative_layers(run, inv.num_layers)  # the mapping model.add_lora applies too
     lora = run.lora
     save = modules_to_save(run, inv.head_names)
     try:

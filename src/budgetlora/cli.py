@@ -94,11 +94,27 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(ns: argparse.Namespace) -> int:
+    from budgetlora.search import search_from_cli
+
+    search_from_cli(ns.space, ns.study_dir, ns.trials, ns.timeout, config_overrides(ns))
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from budgetlora.compare import compare_command
+
+    print(compare_command(ns.runs, output=ns.output, as_json=ns.json))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "plan": cmd_plan,
+    "search": cmd_search,
+    "compare": cmd_compare,
 }
 
 
@@ -140,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=int, default=20, metavar="N", help="Rows to print.")
     pl.add_argument("--json", action="store_true", help="Print every candidate as JSON.")
     pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
+
+    se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
+    se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")
+    se.add_argument("--study-dir", required=True, metavar="DIR", help="Study folder: study.db, trial-<n>/, search.json. Run again to continue.")
+    se.add_argument("--trials", type=int, default=20, metavar="N", help="Finished trials the study should reach (default 20).")
+    se.add_argument("--timeout", type=float, default=None, metavar="S", help="Start no new trial after S seconds.")
+    add_config_flags(se)
+
+    co = sub.add_parser("compare", help="Finished runs side by side: table, JSON and a bar plot of validation accuracy.")
+    co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
+    co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
+    co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
     return p
 
 

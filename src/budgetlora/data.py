@@ -1177,10 +1177,15 @@ def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Row i -> {"input_ids": list[int], "labels": int} (no "labels" when there are none)."""
+    """Row i -> {"input_ids": list[int], "labels": int} (no "labels" when there are none), plus
+    row i of each `extra` tensor under its name (e.g. "teacher_logits" for distillation)."""
 
-    def __init__(self, enc: Encoded):
+    def __init__(self, enc: Encoded, extra: Optional[dict[str, torch.Tensor]] = None):
         self.enc = enc
+        self.extra = dict(extra or {})
+        for name, values in self.extra.items():
+            if len(values) != len(enc.input_ids):
+                raise ValueError(f"{name}: {len(values)} rows for {len(enc.input_ids)} encoded rows")
 
     def __len__(self) -> int:
         return len(self.enc.input_ids)
@@ -1189,6 +1194,8 @@ class EncodedDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"input_ids": self.enc.input_ids[i]}
         if self.enc.labels is not None:
             item["labels"] = self.enc.labels[i]
+        for name, values in self.extra.items():
+            item[name] = values[i]
         return item
 
 
@@ -1209,4 +1216,7 @@ class Collator:
         out = {"input_ids": input_ids, "attention_mask": attention_mask}
         if items and all("labels" in it for it in items):
             out["labels"] = torch.tensor([int(it["labels"]) for it in items], dtype=torch.long)
+        for name in items[0] if items else ():
+            if isinstance(items[0][name], torch.Tensor):  # EncodedDataset's per-row extras
+                out[name] = torch.stack([it[name] for it in items])
         return out

@@ -20,7 +20,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -147,7 +147,12 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_step
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def _loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def _loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+             teacher_logits: Optional[torch.Tensor] = None, t: Any = None) -> torch.Tensor:
+    if teacher_logits is not None:  # --teacher: knowledge distillation (budgetlora.distill)
+        from budgetlora.distill import distill_loss
+
+        return distill_loss(logits, labels, teacher_logits, t.distill_alpha, t.distill_temperature, label_smoothing)
     return torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
@@ -171,8 +176,15 @@ class JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False) -> dict[str, Any]:
-    """Train under the budget and write the run folder. Returns the metrics dict."""
+def train(
+    cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False,
+    on_eval: Optional[Callable[[int, float], None]] = None,
+) -> dict[str, Any]:
+    """Train under the budget and write the run folder. Returns the metrics dict.
+
+    `on_eval(step, eval_accuracy)` is called after every evaluation; it may raise to stop the run
+    (`budgetlora search` raises optuna.TrialPruned there).
+    """
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -209,10 +221,16 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
         cache_dir = out / "cache"
         enc_train = encode(splits.train.texts, tokenizer, cfg.data.max_length, labels=splits.train.labels, cache_dir=cache_dir)
         enc_eval = encode(splits.eval.texts, tokenizer, cfg.data.max_length, labels=splits.eval.labels, cache_dir=cache_dir)
+        teacher = None
+        if t.teacher:  # distillation: the teacher's logits on every training row, computed once
+            from budgetlora.distill import training_targets
+
+            teacher = training_targets(cfg, splits.train.texts, enc_train, tokenizer, label_names, cache_dir)
         if cfg.data.length_filter:
             keep = length_filter_indices(enc_train.lengths, *cfg.data.length_filter)
             log.info("length filter kept %d of %d training rows", len(keep), len(enc_train.input_ids))
             enc_train = type(enc_train)([enc_train.input_ids[i] for i in keep], [enc_train.labels[i] for i in keep])
+            teacher = teacher[keep] if teacher is not None else None
 
         base = build_classifier(cfg.model, num_labels, label_names, hf_config=hf_config)
         model = add_lora(base, cfg)
@@ -238,7 +256,7 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
             bucket_batches=50 if t.group_by_length else 1,
         )
         train_loader = torch.utils.data.DataLoader(
-            EncodedDataset(enc_train), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers
+            EncodedDataset(enc_train, {"teacher_logits": teacher} if teacher is not None else None), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers
         )
         optimizer = _make_optimizer(model, cfg, device)
         if t.compile:
@@ -290,10 +308,11 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
             loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
             for batch in loader:
                 labels = batch.pop("labels")
+                teacher_logits = batch.pop("teacher_logits", None)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         logits = model(**batch).logits
-                    loss = _loss_fn(logits, labels, t.label_smoothing)
+                    loss = _loss_fn(logits, labels, t.label_smoothing, teacher_logits, t)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"training diverged: the loss is {loss.item()} at step {state.step}; the last good "
@@ -336,6 +355,8 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
                 if (t.eval_every and state.step % t.eval_every == 0) or end_of_epoch or state.step >= total_steps:
                     eval_acc = run_eval()["eval_accuracy"]
+                    if on_eval is not None:
+                        on_eval(state.step, eval_acc)  # may raise, e.g. optuna.TrialPruned
                     model.train()
                     if t.patience and state.evals_without_improvement >= t.patience:
                         state.stopped_early = True
