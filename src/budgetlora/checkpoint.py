@@ -8,6 +8,15 @@ is whichever complete folder has the highest step.
 
 Data order needs no saved RNG: the batch sampler draws each epoch's order from seed + epoch, so
 (epoch, batches consumed) says exactly where to continue.
+
+Every file here is read back without unpickling arbitrary objects: weights are safetensors, the
+optimizer/scheduler/RNG states are loaded with `torch.load(weights_only=True)` (the RNG states are
+stored as plain ints, lists and tensors for that reason), the loop state is JSON.
+
+Test hook: `BUDGETLORA_TEST_SLOW_CHECKPOINT=<seconds>` makes `save` sleep that long twice, once
+before it starts (all earlier checkpoints complete) and once half-way through the write (weights
+written, state not yet), so the reliability tests can SIGKILL a run at those moments
+(tests/test_reliability.py). Unset, it costs nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -24,10 +34,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from budgetlora.errors import UserError
+from budgetlora.errors import RunDirError, UserError
 
 CKPT_DIR = "checkpoints"
 PREFIX = "step-"
+SLOW_ENV = "BUDGETLORA_TEST_SLOW_CHECKPOINT"
+
+
+def _test_delay() -> None:
+    """See the module docstring: a pause for kill tests, only when the variable is set."""
+    seconds = os.environ.get(SLOW_ENV)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,29 +68,56 @@ def save(out: Path, state, model: torch.nn.Module, optimizer, scheduler, keep: i
     root.mkdir(exist_ok=True)
     final = root / f"{PREFIX}{state.step}"
     tmp = root / f".tmp-{PREFIX}{state.step}-{os.getpid()}"
+    _test_delay()
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    _test_delay()
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(rng, tmp / "rng.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # the same step saved again (e.g. a signal right after a scheduled save)
+        _remove(final)
     os.replace(tmp, final)  # the commit point: before it the old checkpoints stand, after it the new one
     _fsync_dir(root)
     _prune(root, keep)
     return final
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from, as types `torch.load(weights_only=True)` accepts."""
+    version, key, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [version, key.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(rng["numpy"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _remove(d: Path) -> None:
+    """Delete a checkpoint folder: first renamed out of the `step-*` names, so a kill half-way
+    through the deletion never leaves a partial folder that looks like a checkpoint."""
+    trash = d.parent / f".del-{d.name}-{os.getpid()}"
+    try:
+        os.replace(d, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _complete(root: Path) -> list[Path]:
@@ -90,10 +135,33 @@ def _complete(root: Path) -> list[Path]:
 
 def _prune(root: Path, keep: int) -> None:
     for d in _complete(root)[:-keep]:
-        shutil.rmtree(d, ignore_errors=True)
-    for d in root.glob(f".tmp-{PREFIX}*"):  # left by a run killed mid-write
-        if not d.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(d, ignore_errors=True)
+        _remove(d)
+    for pattern in (f".tmp-{PREFIX}*", f".del-{PREFIX}*"):  # left by a run killed mid-write
+        for d in root.glob(pattern):
+            if not d.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def check_fresh_start(out: Path, overwrite: bool) -> None:
+    """A new run into a folder holding an interrupted one would bury its checkpoints (and a later
+    --resume would pick theirs up): refuse, unless --overwrite."""
+    last = latest(out)
+    if last is not None and not overwrite:
+        raise RunDirError(
+            f"{out}: holds an interrupted run ({CKPT_DIR}/{last.name}); continue it with "
+            f"`budgetlora train --resume {out}`, or pass --overwrite to start again"
+        )
+
+
+def clear_previous_run(out: Path) -> None:
+    """Before a new run writes anything: drop the checkpoints and the finished mark (metrics.json)
+    of the run it replaces (reached only with --overwrite, or when there are none)."""
+    root = Path(out) / CKPT_DIR
+    if root.is_dir():
+        for d in _complete(root):
+            _remove(d)
+        shutil.rmtree(root, ignore_errors=True)
+    (Path(out) / "metrics.json").unlink(missing_ok=True)
 
 
 def latest(out: Path) -> Optional[Path]:
@@ -108,7 +176,16 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
     ckpt = latest(out)
     if ckpt is None:
         raise UserError(f"{out}: no checkpoint to resume from (checkpoints/ is empty); start the run again")
-    weights = load_file(str(ckpt / "trainable.safetensors"))
+    try:  # read everything before changing anything
+        weights = load_file(str(ckpt / "trainable.safetensors"))
+        optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        scheduler_state = torch.load(ckpt / "scheduler.pt", weights_only=True)
+        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+        state = TrainState(**json.loads((ckpt / "state.json").read_text(encoding="utf-8")))
+    except Exception as e:  # damaged on disk, or written by another budgetlora version
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{ckpt}: cannot read this checkpoint ({type(e).__name__}: {text}); delete "
+                        "that folder to resume from the checkpoint before it") from None
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if missing:
         raise UserError(f"{ckpt}: checkpoint does not match this model ({len(missing)} trainable tensors missing)")
@@ -116,18 +193,33 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=False)  # our own file: python/numpy states are tuples
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**json.loads((ckpt / "state.json").read_text(encoding="utf-8")))
+    # The learning rates come from the configuration of THIS run, not from the saved states, so
+    # that `--resume DIR --lr X` (the advice after a divergence) really lowers them. Unchanged,
+    # they are the same numbers the saved states hold.
+    base_lrs = list(scheduler.base_lrs)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    if base_lrs != list(scheduler.base_lrs) and hasattr(scheduler, "lr_lambdas"):
+        scheduler.base_lrs = base_lrs
+        for group, base, fn in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    _set_rng_state(rng)
+    return state
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def maybe_save(out: Path, state, model, optimizer, scheduler, cfg, *, end_of_epoch: bool, force: bool = False) -> None:
     every = cfg.train.save_every
     if force or end_of_epoch or (every and state.step % every == 0):
+        if not all_finite(model):
+            # Never let NaN/inf weights become the "latest" checkpoint: the last good one must stay
+            # the one a resume starts from.
+            from budgetlora.train import TrainingDiverged, diverged_message
+
+            raise TrainingDiverged(diverged_message(out, state.step, "the weights became NaN or infinite", cfg.train.lr))
         save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints)

@@ -15,6 +15,31 @@ from budgetlora.config import field_index, field_type
 from budgetlora.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake (unknown flag, missing value) is one line on stderr
+    and exit code 2, like every other user error, with the closest known flag suggested."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = {o for p in _all_parsers(self) for o in p._option_string_actions}
+            typos = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
+            close = [m for a in typos for m in difflib.get_close_matches(a, sorted(known), n=1)]
+            if close:
+                message += f" (did you mean {', '.join(close)}?)"
+        self.exit(2, f"budgetlora: error: {message}; see `{self.prog} --help`\n")
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_all_parsers(sub))
+    return found
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field (`--lora-alpha`), defaulting to 'not given' so recipes still apply."""
     groups: dict[Optional[str], argparse._ArgumentGroup] = {}
@@ -119,7 +144,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="budgetlora",
         description="LoRA fine-tuning of pretrained encoders for text classification under a trainable-parameter budget.",
     )
@@ -168,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
     co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
     co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
+    for command_parser in sub.choices.values():  # `budgetlora train --debug ...` works too
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors.")
     return p
 
 

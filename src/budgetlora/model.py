@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -116,6 +117,19 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise _wrap_load_error("tokenizer", name_or_path, e) from None
+
+
+def check_tokenizer_matches(tokenizer, hf_config, name: str) -> None:
+    """A tokenizer with more tokens than the model has embedding rows belongs to another model:
+    its ids would index past the embedding matrix (an IndexError deep in the forward pass)."""
+    vocab = getattr(hf_config, "vocab_size", None)
+    n = len(tokenizer)
+    if isinstance(vocab, int) and vocab > 0 and n > vocab:
+        raise ModelLoadError(
+            f"{name}: the tokenizer has {n:,} tokens but the model's vocabulary has {vocab:,} "
+            "(config.json vocab_size); the tokenizer does not belong to this model, so put the "
+            "model's own tokenizer files in the folder"
+        )
 
 
 def _check_weights_present(cfg: ModelConfig) -> None:
@@ -261,8 +275,16 @@ def build_model(run: RunConfig, num_labels: int, label_names: Optional[list[str]
 
 
 def save_adapter(model, tokenizer, run: RunConfig, label_names: list[str], out_dir: Path) -> None:
-    """adapter/: peft weights (LoRA + head), tokenizer and what is needed to rebuild the base."""
-    out_dir = Path(out_dir)
+    """adapter/: peft weights (LoRA + head), tokenizer and what is needed to rebuild the base.
+
+    Written into a temporary folder that then replaces `out_dir`, so a run killed while saving
+    never leaves half an adapter (a resumed run replays the evaluation and writes it again).
+    """
+    final = Path(out_dir)
+    for stale in list(final.parent.glob(f".tmp-{final.name}-*")) + list(final.parent.glob(f".old-{final.name}-*")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
+    out_dir = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    out_dir.mkdir(parents=True)
     model.save_pretrained(str(out_dir))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
@@ -275,6 +297,13 @@ def save_adapter(model, tokenizer, run: RunConfig, label_names: list[str], out_d
         "max_length": run.data.max_length,
     }
     (out_dir / BUDGETLORA_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(out_dir, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(out_dir, final)
 
 
 def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
@@ -304,6 +333,7 @@ def load_trained(run_dir: Path, model_cfg: Optional[ModelConfig] = None, merge: 
         model = model.merge_and_unload()
     model.eval()
     tokenizer = load_tokenizer(str(adapter_dir))
+    check_tokenizer_matches(tokenizer, base.config, str(adapter_dir))
     return model, tokenizer, meta
 
 

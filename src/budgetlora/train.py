@@ -26,13 +26,35 @@ import torch
 
 from budgetlora.config import RunConfig, load_config
 from budgetlora.errors import ConfigError, UserError
-from budgetlora.rundir import RunLock, atomic_write_json, is_finished_run, prepare_output_dir
+from budgetlora.rundir import RunLock, atomic_write_json, atomic_write_text, is_finished_run, prepare_output_dir
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
+
+
+def diverged_message(out: Path, step: int, what: str, lr: float) -> str:
+    """Says what went wrong, that the last good checkpoint is kept, and how to go on."""
+    from budgetlora.checkpoint import latest
+
+    last = latest(out)
+    kept = (f"the last good checkpoint ({last.name}) is kept" if last is not None
+            else "there is no checkpoint yet, so a resume starts from step 0")
+    return (f"training diverged: {what} at step {step}; {kept}; resume with a lower learning rate: "
+            f"budgetlora train --resume {out} --lr {lr / 10:.2g}")
+
+
+def oom_message(batch_size: int, grad_accum: int, eval_batch_size: int) -> str:
+    """What to try after the GPU ran out of memory: the same effective batch in smaller pieces."""
+    if batch_size > 1:
+        advice = (f"try --batch-size {batch_size // 2} --grad-accum {grad_accum * 2} (the same "
+                  f"{batch_size * grad_accum} rows per optimizer step in smaller pieces)")
+    else:
+        advice = "the batch is already 1 row: try a smaller --max-length, --precision bf16 or a smaller model"
+    return (f"out of GPU memory with --batch-size {batch_size}: {advice}; if it ran out while "
+            f"evaluating, try --eval-batch-size {max(1, eval_batch_size // 2)}")
 
 
 class TrainingInterrupted(UserError):
@@ -163,11 +185,16 @@ class JsonlLog:
         self.path = path
         if keep_up_to_step is not None and path.exists():
             # On resume, drop records written after the checkpoint so the log matches the state.
-            kept = [
-                line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step
-            ]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            kept = []
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                step = record.get("step", 0) if isinstance(record, dict) else None
+                if isinstance(step, (int, float)) and step <= keep_up_to_step:
+                    kept.append(line)
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif keep_up_to_step is None:
             path.write_text("", encoding="utf-8")
 
@@ -194,18 +221,19 @@ def train(
     from budgetlora import checkpoint as ckpt
     from budgetlora.data import Collator, EncodedDataset, LengthGroupedBatchSampler, encode, length_filter_indices, prepare_splits
     from budgetlora.evaluate import accuracy_and_loss
-    from budgetlora.model import add_lora, build_classifier, load_hf_config, load_tokenizer, save_adapter
+    from budgetlora.model import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
 
     cfg.validate()
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
     out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
     lock = RunLock(out).acquire()
+    stop, bar = StopRequest(), None
     try:
         t = cfg.train
         set_seed(t.seed)
         if not resume:
-            cfg.save(out / "config.yaml")
+            ckpt.check_fresh_start(out, cfg.overwrite)
 
         # 1. Data, tokenized once.
         splits = prepare_splits(cfg.data, t.seed)
@@ -215,6 +243,7 @@ def train(
 
         # 2. The budget, before any weights are loaded, then measured on the real model.
         hf_config = load_hf_config(cfg.model, num_labels, label_names)
+        check_tokenizer_matches(tokenizer, hf_config, cfg.model.model)
         estimated = budget_mod.estimate(cfg, hf_config, num_labels)
         budget_mod.check_budget(estimated, cfg.budget)
 
@@ -239,6 +268,9 @@ def train(
         if measured.total != estimated.total:
             log.warning("planned %d trainable parameters, measured %d; the measured count is used", estimated.total, measured.total)
         total_params = sum(p.numel() for p in model.parameters())
+        if not resume:  # every input is known good now: only then replace anything in the folder
+            ckpt.clear_previous_run(out)
+            atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
         # 3. Devices, precision, loaders, optimizer.
         precision = resolve_precision(t.precision, PartialState().device)
@@ -256,7 +288,8 @@ def train(
             bucket_batches=50 if t.group_by_length else 1,
         )
         train_loader = torch.utils.data.DataLoader(
-            EncodedDataset(enc_train, {"teacher_logits": teacher} if teacher is not None else None), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers
+            EncodedDataset(enc_train, {"teacher_logits": teacher} if teacher is not None else None), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers,
+            generator=torch.Generator().manual_seed(t.seed),  # a loader draws a seed from it, not from the global RNG
         )
         optimizer = _make_optimizer(model, cfg, device)
         if t.compile:
@@ -271,10 +304,11 @@ def train(
         scheduler = _make_scheduler(optimizer, cfg, total_steps)
 
         state = TrainState()
-        logger = JsonlLog(out / "log.jsonl")
-        if resume:
+        if resume and ckpt.latest(out) is not None:
             state = ckpt.load_latest(out, accelerator.unwrap_model(model), optimizer, scheduler)
             logger = JsonlLog(out / "log.jsonl", keep_up_to_step=state.step)
+        else:  # a new run, or one killed before its first checkpoint: step 0, as a new run would
+            logger = JsonlLog(out / "log.jsonl")
 
         def run_eval() -> dict[str, Any]:
             acc, loss = accuracy_and_loss(
@@ -296,12 +330,14 @@ def train(
             "training %s: %d rows, %d steps, %s, %d trainable params (%s)",
             cfg.model.model, len(enc_train.input_ids), total_steps, precision, measured.total, measured.describe(),
         )
-        stop = StopRequest().install()
+        stop.install()
         bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
         eval_acc = state.best_eval_accuracy if state.best_eval_accuracy >= 0 else float("nan")
         done = state.step >= total_steps
         while not done:
             sampler.set_epoch(state.epoch)
+            if hasattr(train_loader, "set_epoch"):  # Accelerate re-sets the sampler's epoch from its own counter
+                train_loader.set_epoch(state.epoch)
             model.train()
             tick = time.perf_counter()
             # A resumed run skips the micro-batches of this epoch it already trained on.
@@ -314,11 +350,7 @@ def train(
                         logits = model(**batch).logits
                     loss = _loss_fn(logits, labels, t.label_smoothing, teacher_logits, t)
                     if not torch.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"training diverged: the loss is {loss.item()} at step {state.step}; the last good "
-                            f"checkpoint is kept in {out / 'checkpoints'}; resume with a lower learning rate: "
-                            f"budgetlora train --resume {out} --lr {t.lr / 3:.2g}"
-                        )
+                        raise TrainingDiverged(diverged_message(out, state.step + 1, f"the loss is {loss.item()}", t.lr))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and t.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
@@ -407,7 +439,12 @@ def train(
         }
         _write_outputs(out, cfg, metrics, state.history)
         return metrics
+    except torch.cuda.OutOfMemoryError:  # the step, the evaluation or the model's move to the GPU
+        raise UserError(oom_message(t.batch_size, t.grad_accum, t.eval_batch_size)) from None
     finally:
+        if bar is not None:
+            bar.close()  # ends the progress line, so an error message starts a line of its own
+        stop.uninstall()
         lock.release()
 
 
