@@ -119,6 +119,27 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from budgetlora.bench import bench_command
+
+    print(bench_command(
+        ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
+        output_dir=ns.output_dir, as_json=ns.json, sweep=ns.sweep, sweep_lengths=ns.sweep_lengths,
+        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, argv=ns._argv,
+    ))
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def cmd_search(ns: argparse.Namespace) -> int:
     from budgetlora.search import search_from_cli
 
@@ -140,6 +161,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "search": cmd_search,
     "compare": cmd_compare,
+    "bench": cmd_bench,
 }
 
 
@@ -193,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
     co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
     co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
+
+    b = sub.add_parser("bench", help="The seed notebooks' HF Trainer pipeline and budgetlora's default one, side by side.")
+    b.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Pretrained encoder (Hub id or local folder).")
+    b.add_argument("--train-file", metavar="FILE", help="Labelled rows (e.g. AG News train.csv); training and validation rows are carved from it.")
+    b.add_argument("--samples", type=int, default=1024, metavar="N", help="Training rows, one epoch, for both pipelines.")
+    b.add_argument("--eval-rows", type=int, default=1000, metavar="N", help="Validation rows for accuracy and eval speed.")
+    b.add_argument("--seed", type=int, default=42, metavar="N")
+    b.add_argument("--output-dir", metavar="DIR", help="Where carved rows, runs, logs and bench.json go (default: a new temp folder).")
+    b.add_argument("--json", action="store_true", help="Print the full results as JSON.")
+    b.add_argument("--sweep", action="store_true", help="Instead: time budgetlora's training loop over sequence lengths and row counts, with a plot.")
+    b.add_argument("--sweep-lengths", type=_int_list, default=[32, 64, 128, 256], metavar="T,T,...", help="Sequence lengths of the sweep.")
+    b.add_argument("--sweep-rows", type=_int_list, default=[256, 512, 1024], metavar="N,N,...", help="Row counts of the sweep.")
+    b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="Size of the matmul that measures the machine's peak.")
     for command_parser in sub.choices.values():  # `budgetlora train --debug ...` works too
         command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors.")
     return p

@@ -1,0 +1,99 @@
+"""`budgetlora bench` on a tiny model: it runs end to end and reports both pipelines and the ratios.
+
+Not a timing test: the figures on a tiny model mean nothing; only the harness is checked. The FLOP
+count is checked against a hand computation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from budgetlora.bench import model_flops, model_shape
+from budgetlora.cli import main
+from tiny import make_tiny_model, write_agnews_csv
+
+
+@pytest.fixture(scope="module")
+def bench_bert(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("bench-bert"), "bert", pretrain_steps=30)
+
+
+def test_model_flops_by_hand():
+    # N = 1000, 10 trainable, 2 layers, hidden 8, rows of 3 and 5 real tokens (8 tokens, sum t^2 = 34).
+    # training: (4*1000 + 2*10) * 8 + 12 * 2 * 8 * 34 = 32,160 + 6,528
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10) == 38_688
+    # inference: 2*1000 * 8 + 4 * 2 * 8 * 34 = 16,000 + 2,176
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10, training=False) == 18_176
+
+
+def test_model_shape_counts_non_embedding_params_by_hand():
+    import peft
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=4)
+    model = peft.get_peft_model(
+        BertForSequenceClassification(cfg),
+        peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], bias="lora_only",
+                        task_type=peft.TaskType.SEQ_CLS),
+    )
+    h, i = 32, 64
+    per_layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h  # attention, LN, FFN, LN
+    pooler, head = h * h + h, h * 4 + 4
+    lora = 2 * 2 * (8 * h + h * 8)  # 2 layers x (query, value) x (A + B)
+    shape = model_shape(model)
+    assert shape["non_embedding_params"] == 2 * per_layer + pooler + head + lora  # head counted once
+    assert shape["lora_params"] == lora
+    assert shape["trainable_non_embedding_params"] == lora + head + 2 * 2 * h  # + query/value biases
+    assert (shape["layers"], shape["hidden"]) == (2, 32)
+
+
+def test_bench_runs_both_pipelines_and_reports_ratios(bench_bert, tmp_path, capsys):
+    data = write_agnews_csv(tmp_path / "train.csv", 200, seed=1)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--model", str(bench_bert), "--train-file", str(data), "--samples", "64",
+               "--eval-rows", "32", "--matmul-size", "128", "--output-dir", str(out), "--json"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep == json.loads((out / "bench.json").read_text())
+    for key in ("reference", "budgetlora"):
+        r = rep[key]
+        assert r["train_samples"] == 64 and r["eval_rows"] == 32
+        for field in ("train_samples_per_second", "train_tokens_per_second", "eval_samples_per_second",
+                      "peak_rss_mb", "train_useful_flops_per_second", "train_share_of_bf16_peak",
+                      "train_share_of_fp32_peak"):
+            assert r[field] > 0, (key, field)
+        assert 0.0 <= r["eval_accuracy"] <= 1.0
+        assert r["trainable_params"] < rep["budget"]
+    a, b = rep["reference"], rep["budgetlora"]
+    # Same rows: the same real tokens; the reference executes every row padded to 128.
+    assert a["train_real_tokens"] == b["train_real_tokens"]
+    assert a["train_executed_tokens"] == 64 * 128
+    assert a["non_embedding_params"] == b["non_embedding_params"]
+    assert a["precision"] == "fp32"
+    assert b["predict_accuracy"] == pytest.approx(b["eval_accuracy"], abs=0.1)
+    assert rep["ratios"]["train_samples_per_second"] == pytest.approx(
+        b["train_samples_per_second"] / a["train_samples_per_second"])
+    assert rep["ratios"]["eval_samples_per_second"] > 0
+    assert set(rep["targets"]) >= {"train_samples_per_second_ratio_at_least_8", "accuracy_not_lower"}
+    assert rep["peaks"]["bf16_flops_per_second"] > 0 and rep["peaks"]["fp32_flops_per_second"] > 0
+    assert rep["command"].startswith("budgetlora bench --model")
+
+
+def test_bench_sweep_writes_plot_and_table(bench_bert, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = main(["bench", "--model", str(bench_bert), "--sweep", "--sweep-lengths", "16,32", "--sweep-rows", "32",
+               "--matmul-size", "128", "--output-dir", str(out), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [(r["seq_len"], r["rows"], r["tokens"]) for r in res["table"]] == [(16, 32, 512), (32, 32, 1024)]
+    assert all(r["train_seconds"] > 0 for r in res["table"])
+    assert (out / "bench_scaling.png").stat().st_size > 1000
+    assert "| 32 | 32 |" in (out / "bench_scaling.md").read_text()
+
+
+def test_bench_needs_a_train_file(bench_bert, capsys):
+    assert main(["bench", "--model", str(bench_bert)]) == 2
+    assert "--train-file" in capsys.readouterr().err
