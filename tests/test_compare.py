@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 
 from budgetlora.cli import main
 from budgetlora.config import load_config
@@ -27,16 +25,11 @@ def _fake_run(folder, acc, params, evals=None, teacher=None):
 
 
 def test_compare_prints_a_table_and_writes_the_plot(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv, capsys, monkeypatch):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices on a shared machine
-    try:
-        real = tmp_path / "real"
-        cfg = load_config(None, {"model": str(tiny_model_dir), "train_file": str(tiny_train_csv), "max_train_samples": 64,
-                                 "epochs": 1, "batch_size": 16, "output_dir": str(real), "precision": "fp32"})
-        metrics = train(cfg)
-        report = evaluate_run(real, tiny_eval_csv)
-    finally:
-        torch.set_num_threads(n)
+    real = tmp_path / "real"
+    cfg = load_config(None, {"model": str(tiny_model_dir), "train_file": str(tiny_train_csv), "max_train_samples": 64,
+                             "epochs": 1, "batch_size": 16, "output_dir": str(real), "precision": "fp32"})
+    metrics = train(cfg)
+    report = evaluate_run(real, tiny_eval_csv)
     a = _fake_run(tmp_path / "a", 0.9459, 925_444, {"test": 0.9401}, teacher="runs/big")
     unfinished = tmp_path / "b"
     unfinished.mkdir()

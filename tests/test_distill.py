@@ -28,14 +28,6 @@ def _cfg(out, model_dir, train_csv, eval_csv, **over):
     return load_config(None, base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices on a shared 2-core machine: one thread is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, tiny_model_dir, tiny_train_csv, tiny_eval_csv):

@@ -204,7 +204,7 @@ def test_explain_reproduces_the_published_roberta_base_counts(roberta_base_dir, 
     ]:
         assert main(["plan", "--model", roberta_base_dir, "--explain", flags]) == 0
         out = capsys.readouterr().out
-        assert f"total" in out and total in out and "593,668" in out and "fits" in out
+        assert "total" in out and total in out and "593,668" in out and "fits" in out
 
 
 def test_candidate_flags_round_trip_for_a_single_target():

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory, minilm_dir):
+def real_run(tmp_path_factory, minilm_dir, all_threads):
     train_csv = shared_path("data", "ag_news", "train.csv")
     out = tmp_path_factory.mktemp("real") / "run"
     args = ["train", "--config", "recipes/agnews-minilm-cpu.yaml", "--model", str(minilm_dir),

@@ -4,7 +4,6 @@ count and for the model that trains."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml

@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from budgetlora import checkpoint as ckpt
 from budgetlora.cli import main
 from budgetlora.config import ModelConfig, load_config
-from budgetlora.errors import ConfigError, DataError, ModelLoadError, UserError
+from budgetlora.errors import ConfigError, DataError, ModelLoadError
 from budgetlora.train import JsonlLog, TrainingDiverged, oom_message
 from tiny import write_agnews_csv
 
@@ -153,14 +153,6 @@ def _resume(run: Path) -> subprocess.CompletedProcess:
 # Fixtures
 # ---------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """In-process runs on one thread: tiny models gain nothing from more, and CI machines are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import shlex
 import signal
 
 import pytest
-import torch
 import yaml
 
 from budgetlora import search
@@ -18,14 +17,6 @@ from budgetlora.train import train
 
 HUGE_R = 100_000  # 25.6M LoRA parameters on the tiny model: far over any budget
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices on a shared 2-core machine: one thread is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _space(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv, **extra):

@@ -419,22 +419,28 @@ def budgetlora_pipeline(
     hf_config = load_hf_config(cfg.model, len(metrics["label_names"]), metrics["label_names"])
     shape = model_shape(add_lora(build_classifier_from_config(cfg.model, hf_config), cfg))
 
-    # `budgetlora predict`, the whole command, in a fresh process.
-    preds = out_dir / "budgetlora-predictions.csv"
-    cmd = [sys.executable, "-m", "budgetlora.cli", "predict", "--run", str(run_dir), "--input", str(val_csv),
-           "--output", str(preds), "--overwrite"]
-    predict_log = out_dir / "budgetlora-predict.log"
-    with open(predict_log, "w", encoding="utf-8") as log_f:
-        start = time.perf_counter()
-        rc, child_rss_mb = _run_child(cmd, log_f)
-        predict_s = time.perf_counter() - start
-    if rc != 0:
-        raise UserError(f"bench: `budgetlora predict` failed (exit {rc}): {_tail(predict_log)}")
-    with open(preds, newline="", encoding="utf-8") as f:
-        pred_labels = [int(r["Label"]) for r in csv.DictReader(f)]
+    # `budgetlora predict`, the whole command, in a fresh process: the default (bf16 where the
+    # hardware has it) and the int8 option.
     truth = list(val_df["label"])
-    predict_acc = sum(int(p == y) for p, y in zip(pred_labels, truth)) / max(len(truth), 1)
-    inproc = _parse_texts_per_s(predict_log)
+
+    def timed_predict(name: str, extra: list[str]) -> tuple[list[int], float, float, Optional[float], Optional[float]]:
+        preds = out_dir / f"budgetlora-predictions{name}.csv"
+        cmd = [sys.executable, "-m", "budgetlora.cli", "predict", "--run", str(run_dir), "--input", str(val_csv),
+               "--output", str(preds), "--overwrite", *extra]
+        predict_log = out_dir / f"budgetlora-predict{name}.log"
+        with open(predict_log, "w", encoding="utf-8") as log_f:
+            start = time.perf_counter()
+            rc, rss = _run_child(cmd, log_f)
+            seconds = time.perf_counter() - start
+        if rc != 0:
+            raise UserError(f"bench: `budgetlora predict{' ' + ' '.join(extra) if extra else ''}` failed (exit {rc}): {_tail(predict_log)}")
+        with open(preds, newline="", encoding="utf-8") as f:
+            labels = [int(r["Label"]) for r in csv.DictReader(f)]
+        acc = sum(int(p == y) for p, y in zip(labels, truth)) / max(len(truth), 1)
+        return labels, seconds, acc, rss, _parse_texts_per_s(predict_log)
+
+    pred_labels, predict_s, predict_acc, child_rss_mb, inproc = timed_predict("", [])
+    q_labels, q_seconds, q_acc, _, q_inproc = timed_predict("-int8", ["--quantize"])
 
     n_train = int(metrics["train_rows"])
     secs = float(metrics["train_runtime_s"])
@@ -467,6 +473,9 @@ def budgetlora_pipeline(
                       "inference, CSV written)",
         "predict_accuracy": predict_acc,
         "predict_in_process_samples_per_second": inproc,
+        "predict_int8_samples_per_second": len(q_labels) / q_seconds,
+        "predict_int8_accuracy": q_acc,
+        "predict_int8_in_process_samples_per_second": q_inproc,
         "predict_peak_rss_mb": child_rss_mb,
         "eval_real_tokens": sum(val_len),
         "eval_useful_flops": model_flops(val_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
@@ -602,7 +611,7 @@ def run_bench(
     train_file: PathLike,
     *,
     samples: int = 1024,
-    eval_rows: int = 1000,
+    eval_rows: int = 7600,
     seed: int = 42,
     out_dir: Optional[PathLike] = None,
     matmul_n: int = 2048,
@@ -861,7 +870,7 @@ def bench_command(
     train_file: Optional[str],
     *,
     samples: int = 1024,
-    eval_rows: int = 1000,
+    eval_rows: int = 7600,
     seed: int = 42,
     output_dir: Optional[str] = None,
     as_json: bool = False,

@@ -189,6 +189,21 @@ class Inventory:
         return [k[len(start):] for k in self.keys if k.startswith(start)]
 
 
+def _bert_block_tail(b: str, h: int, inter: int) -> list[Module]:
+    """A BERT-style layer after its q/k/v projections: attention output, feed-forward, norms."""
+    return [
+        _none(f"{b}.attention.self.dropout"),
+        _linear(f"{b}.attention.output.dense", h, h),
+        _norm(f"{b}.attention.output.LayerNorm", h),
+        _none(f"{b}.attention.output.dropout"),
+        _linear(f"{b}.intermediate.dense", h, inter),
+        _none(f"{b}.intermediate.intermediate_act_fn"),
+        _linear(f"{b}.output.dense", inter, h),
+        _norm(f"{b}.output.LayerNorm", h),
+        _none(f"{b}.output.dropout"),
+    ]
+
+
 def _bert_like(cfg: Any, p: str, *, pooler: bool, embedding_size: Optional[int] = None) -> list[Module]:
     """bert, roberta, xlm-roberta, camembert, electra: same block, different embeddings."""
     h = cfg.hidden_size
@@ -211,15 +226,7 @@ def _bert_like(cfg: Any, p: str, *, pooler: bool, embedding_size: Optional[int] 
             _linear(f"{b}.attention.self.query", h, a),
             _linear(f"{b}.attention.self.key", h, a),
             _linear(f"{b}.attention.self.value", h, a),
-            _none(f"{b}.attention.self.dropout"),
-            _linear(f"{b}.attention.output.dense", h, h),
-            _norm(f"{b}.attention.output.LayerNorm", h),
-            _none(f"{b}.attention.output.dropout"),
-            _linear(f"{b}.intermediate.dense", h, inter),
-            _none(f"{b}.intermediate.intermediate_act_fn"),
-            _linear(f"{b}.output.dense", inter, h),
-            _norm(f"{b}.output.LayerNorm", h),
-            _none(f"{b}.output.dropout"),
+            *_bert_block_tail(b, h, inter),
         ]
     if pooler:
         mods += [_linear(f"{p}.pooler.dense", h, h), _none(f"{p}.pooler.activation")]
@@ -313,17 +320,7 @@ def _deberta_v2(cfg: Any, p: str) -> list[Module]:
             mods.append(_linear(f"{b}.attention.self.pos_key_proj", h, a))
         if separate_pos and "p2c" in pos_types:
             mods.append(_linear(f"{b}.attention.self.pos_query_proj", h, a))
-        mods += [
-            _none(f"{b}.attention.self.dropout"),
-            _linear(f"{b}.attention.output.dense", h, h),
-            _norm(f"{b}.attention.output.LayerNorm", h),
-            _none(f"{b}.attention.output.dropout"),
-            _linear(f"{b}.intermediate.dense", h, inter),
-            _none(f"{b}.intermediate.intermediate_act_fn"),
-            _linear(f"{b}.output.dense", inter, h),
-            _norm(f"{b}.output.LayerNorm", h),
-            _none(f"{b}.output.dropout"),
-        ]
+        mods += _bert_block_tail(b, h, inter)
     if relative:
         max_rel = getattr(cfg, "max_relative_positions", -1)
         if max_rel < 1:

@@ -89,7 +89,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from budgetlora.evaluate import evaluate_run
 
-    report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples)
+    report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples,
+                          quantize=ns.quantize)
     print(f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  ({report['n']} rows)")
     print(f"report: {report['path']}")
     return 0
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
     e.add_argument("--batch-size", type=int, default=None, metavar="N")
     e.add_argument("--max-samples", type=int, default=None, metavar="N", help="Evaluate the first N rows only.")
+    e.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of linear layers (CPU).")
 
     pr = sub.add_parser("predict", help="Write a Kaggle-style submission (ID,Label) or classify one text.")
     pr.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Pretrained encoder (Hub id or local folder).")
     b.add_argument("--train-file", metavar="FILE", help="Labelled rows (e.g. AG News train.csv); training and validation rows are carved from it.")
     b.add_argument("--samples", type=int, default=1024, metavar="N", help="Training rows, one epoch, for both pipelines.")
-    b.add_argument("--eval-rows", type=int, default=1000, metavar="N", help="Validation rows for accuracy and eval speed.")
+    b.add_argument("--eval-rows", type=int, default=7600, metavar="N", help="Validation rows for accuracy and eval speed (default: the size of the AG News test split).")
     b.add_argument("--seed", type=int, default=42, metavar="N")
     b.add_argument("--output-dir", metavar="DIR", help="Where carved rows, runs, logs and bench.json go (default: a new temp folder).")
     b.add_argument("--json", action="store_true", help="Print the full results as JSON.")

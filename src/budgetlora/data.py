@@ -988,14 +988,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def _cache_key(texts: list[str], tokenizer: Any, max_length: int) -> str:
-    h = hashlib.sha256(_CACHE_VERSION)
-    h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"{max_length}/{CHARS_PER_TOKEN_LIMIT}/{len(texts)}".encode())
+def update_hash_with_texts(h: Any, texts: Sequence[str]) -> None:
+    """Feed texts into a hashlib object, length-prefixed so that ["ab", "c"] != ["a", "bc"]."""
     for t in texts:
         b = t.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
+
+
+def _cache_key(texts: list[str], tokenizer: Any, max_length: int) -> str:
+    h = hashlib.sha256(_CACHE_VERSION)
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(f"{max_length}/{CHARS_PER_TOKEN_LIMIT}/{len(texts)}".encode())
+    update_hash_with_texts(h, texts)
     return h.hexdigest()[:40]
 
 

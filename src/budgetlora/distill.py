@@ -156,6 +156,8 @@ def _precision_of(folder: Path) -> str:
 
 
 def _cache_key(folder: Path, meta: dict, fingerprint: str, max_length: int, precision: str, texts: list[str]) -> str:
+    from budgetlora.data import update_hash_with_texts
+
     h = hashlib.sha256(_CACHE_VERSION)
     for f in sorted((folder / "adapter").glob("adapter_*")):  # the weights and peft's config
         h.update(f.name.encode())
@@ -163,10 +165,7 @@ def _cache_key(folder: Path, meta: dict, fingerprint: str, max_length: int, prec
     h.update(json.dumps({"base_model": meta.get("base_model"), "head": meta.get("head"),
                          "pooling": meta.get("pooling"), "labels": meta.get("label_names")}, sort_keys=True).encode())
     h.update(f"{fingerprint}/{max_length}/{precision}/{len(texts)}".encode())
-    for t in texts:
-        b = t.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
+    update_hash_with_texts(h, texts)
     return h.hexdigest()[:40]
 
 

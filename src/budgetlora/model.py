@@ -152,7 +152,6 @@ def build_classifier(
     cfg: ModelConfig, num_labels: int, label_names: Optional[list[str]] = None, hf_config=None
 ) -> nn.Module:
     """The pretrained encoder with a freshly initialised head, all in fp32 (master weights)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
 
     hf_config = hf_config or load_hf_config(cfg, num_labels, label_names)
     _check_weights_present(cfg)

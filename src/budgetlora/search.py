@@ -400,7 +400,6 @@ def run_search(
     overrides: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Run (or continue) the study until it has `trials` finished trials; write search.json."""
-    import optuna
 
     from budgetlora.train import TrainingInterrupted
 
