@@ -102,7 +102,7 @@ def test_over_budget_is_refused_before_training_with_breakdown(tmp_path, tiny_mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "lora_A" in err and "head" in err and "500" in err
-    assert not (tmp_path / "run" / "adapter").exists()
+    assert not (tmp_path / "run").exists()  # nothing written, not even an empty folder
 
 
 def test_bad_flag_values_are_one_line_errors(tmp_path, tiny_model_dir, tiny_train_csv, capsys):

@@ -226,6 +226,7 @@ def train(
     cfg.validate()
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
+    created = not Path(cfg.output_dir or "").expanduser().exists()
     out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
     lock = RunLock(out).acquire()
     stop, bar = StopRequest(), None
@@ -446,6 +447,8 @@ def train(
             bar.close()  # ends the progress line, so an error message starts a line of its own
         stop.uninstall()
         lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run refused before writing anything leaves no empty folder behind
 
 
 def _write_outputs(out: Path, cfg: RunConfig, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
