@@ -496,4 +496,8 @@ def _report(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Offline, the Hub client logs every retry; our own one-line error says what happened.
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
