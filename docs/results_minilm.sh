@@ -13,4 +13,5 @@ run seed-r12-chosen-layers --config recipes/seeds/r12-chosen-layers.yaml
 run ours-minilm-cpu --config recipes/agnews-minilm-cpu.yaml
 run ours-r24-all-linear --config recipes/agnews-minilm-cpu.yaml --r 24 --lora-alpha 48
 run ours-r16-lr2e-3 --config recipes/agnews-minilm-cpu.yaml --lr 2e-3
+run ours-distilled --config recipes/agnews-minilm-cpu.yaml --teacher runs/exp/ours-r24-all-linear,runs/exp/ours-r16-lr2e-3 --distill-alpha 0.5 --distill-temperature 2
 budgetlora compare runs/exp/seed-* runs/exp/ours-* --output runs/exp/compare.png
