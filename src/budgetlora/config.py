@@ -12,6 +12,7 @@ Field names are unique across the sections on purpose: each one is also a comman
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -611,6 +612,37 @@ def _deepcopy(cfg: RunConfig) -> RunConfig:
     import copy
 
     return copy.deepcopy(cfg)
+
+
+def flag_value(value: Any) -> str:
+    """A setting as the text its command-line flag takes; `coerce` reads it back to the same value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+        # A one-element list of a name with regex syntax in it would read back as a regex: a
+        # trailing comma keeps it a list. Plain names (`query`, `5`) read back as lists already.
+        single_odd = len(items) == 1 and not re.fullmatch(r"[\w.]+", items[0])
+        return ",".join(items) + ("," if single_odd else "")
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def to_flags(settings: dict[str, Any]) -> list[str]:
+    """`budgetlora train` flags for {field name: value}, in the given order (the inverse of the CLI)."""
+    args: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            args += [flag, flag_value(value)]
+    return args
 
 
 def load_yaml(path: Union[str, Path]) -> dict[str, Any]:

@@ -147,12 +147,10 @@ def teacher_logits(
 def _precision_of(folder: Path) -> str:
     """The precision LoadedRun will run the teacher at (bf16 and fp32 logits differ slightly)."""
     from budgetlora.config import load_config
-    from budgetlora.train import resolve_precision
+    from budgetlora.evaluate import inference_device, inference_precision
 
     cfg_path = folder / "config.yaml"
-    wanted = load_config(cfg_path).train.precision if cfg_path.is_file() else "auto"
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_precision(wanted, device)
+    return inference_precision(load_config(cfg_path) if cfg_path.is_file() else None, inference_device())
 
 
 def _cache_key(folder: Path, meta: dict, fingerprint: str, max_length: int, precision: str, texts: list[str]) -> str:

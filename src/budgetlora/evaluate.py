@@ -88,6 +88,17 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], label_na
     }
 
 
+def inference_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def inference_precision(cfg, device: torch.device) -> str:
+    """The precision a run is served at: its own training setting, resolved for this device."""
+    from budgetlora.train import resolve_precision
+
+    return resolve_precision(cfg.train.precision if cfg is not None else "auto", device)
+
+
 class LoadedRun:
     """A finished run ready for inference: merged model, tokenizer, settings, device, precision."""
 
@@ -95,7 +106,6 @@ class LoadedRun:
         from budgetlora.config import ModelConfig, load_config
         from budgetlora.data import Collator
         from budgetlora.model import load_trained, read_adapter_meta
-        from budgetlora.train import resolve_precision
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "adapter").is_dir():
@@ -113,9 +123,9 @@ class LoadedRun:
                 attn_implementation=base.attn_implementation, trust_remote_code=base.trust_remote_code,
                 allow_pickle_weights=base.allow_pickle_weights,
             )
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = inference_device()
         self.model, self.tokenizer, self.meta = load_trained(self.run_dir, mcfg, merge=True)
-        self.precision = resolve_precision(self.cfg.train.precision if self.cfg else "auto", self.device)
+        self.precision = inference_precision(self.cfg, self.device)
         if quantize:
             self.model = quantize_int8(self.model)
             self.precision = "fp32"  # int8 kernels take fp32 activations

@@ -27,7 +27,7 @@ from budgetlora.budget import (
     Analysis, Breakdown, Inventory, _NeedsMeta, analyse, check_budget, count_on_meta, describe_model,
     estimate, inventory_from_model, load_config_only, module_inventory,
 )
-from budgetlora.config import LoraConfig, ModelConfig, RunConfig
+from budgetlora.config import LoraConfig, ModelConfig, RunConfig, to_flags
 from budgetlora.errors import BudgetError, ConfigError
 
 DEFAULT_BUDGET = 1_000_000
@@ -64,16 +64,15 @@ class Candidate:
 
     def train_args(self, model: str, budget: int) -> list[str]:
         """The `budgetlora train` flags that reproduce this configuration."""
-        targets = self.targets_text
-        args = ["--model", model, "--head", self.head, "--target-modules", targets]
+        settings: dict[str, Any] = {"model": model, "head": self.head, "target_modules": self.target_modules}
         if self.layers is not None:
-            args += ["--layers", ",".join(map(str, self.layers))]
-        args += ["--r", str(self.r), "--lora-alpha", str(self.lora_alpha)]
+            settings["layers"] = self.layers
+        settings.update(r=self.r, lora_alpha=self.lora_alpha)
         if self.use_dora:
-            args.append("--use-dora")
+            settings["use_dora"] = True
         if budget != DEFAULT_BUDGET:
-            args += ["--budget", str(budget)]
-        return args
+            settings["budget"] = budget
+        return to_flags(settings)
 
     def as_json(self, model: str, budget: int) -> dict[str, Any]:
         return {

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from budgetlora.config import RunConfig, coerce, field_index, from_dict, load_yaml
+from budgetlora.config import RunConfig, coerce, field_index, flag_value, from_dict, load_yaml, to_flags
 from budgetlora.errors import BudgetError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -198,34 +198,6 @@ def _param(name: str, spec: Any, where: str) -> Param:
 # ---------------------------------------------------------------------------------------------
 
 
-def flag_value(value: Any) -> str:
-    """A setting as the text its command-line flag takes (config.coerce reads it back)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-        # one element: a trailing comma keeps it a list (a bare word could be read as a regex)
-        return ",".join(items) + ("," if len(items) == 1 else "")
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def flag_args(settings: dict[str, Any]) -> list[str]:
-    args: list[str] = []
-    for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + name.replace("_", "-"))
-        else:
-            args += [flag, flag_value(value)]
-    return args
-
-
 def _flat_settings(data: dict[str, Any]) -> dict[str, Any]:
     """A recipe mapping (nested sections or flat names) as {flat name: value}."""
     from budgetlora.config import SECTIONS
@@ -248,7 +220,7 @@ def train_args(space: SearchSpace, overrides: dict[str, Any], values: dict[str, 
     settings.update({k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in overrides.items()})
     settings.update(values)
     settings["output_dir"] = output_dir
-    return ["train", *flag_args(settings)]
+    return ["train", *to_flags(settings)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,4 +490,4 @@ def search_from_cli(space_file: str, study_dir: str, trials: int, timeout: Optio
     return run_search(space_file, study_dir, trials, timeout=timeout, overrides=overrides)
 
 
-__all__ = ["load_space", "run_search", "SearchSpace", "Param", "trial_config", "train_args", "flag_args"]
+__all__ = ["load_space", "run_search", "SearchSpace", "Param", "trial_config", "train_args", "flag_value"]

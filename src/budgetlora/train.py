@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -218,6 +217,7 @@ def train(
     from tqdm.auto import tqdm
 
     from budgetlora import budget as budget_mod
+    from budgetlora.bench import machine_description
     from budgetlora import checkpoint as ckpt
     from budgetlora.data import Collator, EncodedDataset, LengthGroupedBatchSampler, encode, length_filter_indices, prepare_splits
     from budgetlora.evaluate import accuracy_and_loss
@@ -434,7 +434,7 @@ def train(
             "train_runtime_s": state.train_seconds,
             "precision": precision,
             "device": str(device),
-            "machine": _machine(),
+            "machine": machine_description(),
             "seed": t.seed,
             "command": command or f"budgetlora train --config {out / 'config.yaml'}",
         }
@@ -461,12 +461,6 @@ def _write_outputs(out: Path, cfg: RunConfig, metrics: dict[str, Any], history: 
     except Exception as e:  # a plot must never cost the user a finished run
         log.warning("could not draw curves.png: %s", e)
     write_model_card(out, cfg, metrics)
-
-
-def _machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def train_from_cli(
