@@ -103,9 +103,9 @@ class LoadedRun:
     """A finished run ready for inference: merged model, tokenizer, settings, device, precision."""
 
     def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
-        from budgetlora.config import ModelConfig, load_config
+        from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
-        from budgetlora.model import load_trained, read_adapter_meta
+        from budgetlora.model import load_trained
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "adapter").is_dir():
@@ -114,17 +114,10 @@ class LoadedRun:
             raise RunDirError(f"{self.run_dir}: no trained adapter here (adapter/ is missing); is this a finished run?")
         cfg_path = self.run_dir / "config.yaml"
         self.cfg = load_config(cfg_path) if cfg_path.is_file() else None
-        meta = read_adapter_meta(self.run_dir / "adapter")
-        mcfg = None
-        if model or self.cfg is not None:
-            base = self.cfg.model if self.cfg is not None else ModelConfig()
-            mcfg = ModelConfig(
-                model=model or meta["base_model"], head=meta["head"], pooling=meta.get("pooling", "first"),
-                attn_implementation=base.attn_implementation, trust_remote_code=base.trust_remote_code,
-                allow_pickle_weights=base.allow_pickle_weights,
-            )
         self.device = inference_device()
-        self.model, self.tokenizer, self.meta = load_trained(self.run_dir, mcfg, merge=True)
+        self.model, self.tokenizer, self.meta = load_trained(
+            self.run_dir, model, self.cfg.model if self.cfg is not None else None, merge=True
+        )
         self.precision = inference_precision(self.cfg, self.device)
         if quantize:
             self.model = quantize_int8(self.model)
@@ -136,7 +129,7 @@ class LoadedRun:
         self.model.to(self.device)
         self.label_names: list[str] = list(self.meta["label_names"])
         self.max_length = int(self.meta.get("max_length", 128))
-        self.eval_batch_size = self.cfg.train.eval_batch_size if self.cfg else 128
+        self.eval_batch_size = (self.cfg.train if self.cfg else TrainConfig()).eval_batch_size
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.collate = Collator(pad)
 

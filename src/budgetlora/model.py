@@ -312,28 +312,36 @@ def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_trained(run_dir: Path, model_cfg: Optional[ModelConfig] = None, merge: bool = True):
+def load_trained(
+    run_dir: Path, model: Optional[str] = None, settings: Optional[ModelConfig] = None, merge: bool = True
+):
     """(model in eval mode, tokenizer, adapter meta) from a finished run folder.
 
-    `model_cfg` overrides where the base model is loaded from (the run may have been trained on
-    another machine where the base lived in another folder).
+    Head and pooling come from the adapter. `model` overrides where the base model is loaded from
+    (the run may have been trained where the base lived in another folder); `settings` carries the
+    run's loading options (attention kernel, remote code, pickle weights).
     """
+    import dataclasses
+
     import peft
 
     adapter_dir = Path(run_dir) / "adapter"
     if not adapter_dir.is_dir():
         raise ModelLoadError(f"{run_dir}: no adapter/ folder; is this a finished budgetlora run?")
     meta = read_adapter_meta(adapter_dir)
-    mcfg = model_cfg or ModelConfig(model=meta["base_model"], head=meta["head"], pooling=meta.get("pooling", "first"))
+    mcfg = dataclasses.replace(
+        settings or ModelConfig(), model=model or meta["base_model"], head=meta["head"],
+        pooling=meta.get("pooling", "first"),
+    )
     base = build_classifier(mcfg, meta["num_labels"], meta["label_names"])
-    model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
+    trained = peft.PeftModel.from_pretrained(base, str(adapter_dir))
     if merge:
         # Merged weights: inference runs at the plain encoder's speed, no LoRA side branches.
-        model = model.merge_and_unload()
-    model.eval()
+        trained = trained.merge_and_unload()
+    trained.eval()
     tokenizer = load_tokenizer(str(adapter_dir))
     check_tokenizer_matches(tokenizer, base.config, str(adapter_dir))
-    return model, tokenizer, meta
+    return trained, tokenizer, meta
 
 
 def _quiet_transformers() -> None:

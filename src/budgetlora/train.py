@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from budgetlora.config import RunConfig, load_config
+from budgetlora.config import RunConfig, TrainConfig, load_config
 from budgetlora.errors import ConfigError, UserError
 from budgetlora.rundir import RunLock, atomic_write_json, atomic_write_text, is_finished_run, prepare_output_dir
 
@@ -168,13 +168,13 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_step
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def _loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
-             teacher_logits: Optional[torch.Tensor] = None, t: Any = None) -> torch.Tensor:
+def _loss_fn(logits: torch.Tensor, labels: torch.Tensor, t: TrainConfig,
+             teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
     if teacher_logits is not None:  # --teacher: knowledge distillation (budgetlora.distill)
         from budgetlora.distill import distill_loss
 
-        return distill_loss(logits, labels, teacher_logits, t.distill_alpha, t.distill_temperature, label_smoothing)
-    return torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return distill_loss(logits, labels, teacher_logits, t.distill_alpha, t.distill_temperature, t.label_smoothing)
+    return torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
 
 
 class JsonlLog:
@@ -349,7 +349,7 @@ def train(
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         logits = model(**batch).logits
-                    loss = _loss_fn(logits, labels, t.label_smoothing, teacher_logits, t)
+                    loss = _loss_fn(logits, labels, t, teacher_logits)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(diverged_message(out, state.step + 1, f"the loss is {loss.item()}", t.lr))
                     accelerator.backward(loss)
