@@ -58,7 +58,18 @@ class ModelConfig:
         default="first",
     )
     attn_implementation: str = _help(
-        "Attention kernel passed to transformers ('sdpa', 'eager', ...).", default="sdpa"
+        "Attention kernel passed to transformers ('auto', 'sdpa', 'eager', ...). 'auto': 'sdpa' on a "
+        "GPU (fused kernels), 'eager' on a CPU, where PyTorch's bf16 SDPA kernels were measured "
+        "slower than plain matmul + softmax (docs/BENCHMARKS.md).",
+        default="auto",
+    )
+    encoder_dropout: Optional[float] = _help(
+        "Dropout inside the frozen pretrained encoder (hidden and attention) while training; None "
+        "keeps the pretrained config's values (0.1 for BERT/RoBERTa). The head keeps its own "
+        "dropout. 0 by default: with the encoder frozen, its dropout only adds noise to the "
+        "features LoRA learns from, and turning it off was both 1.6x faster and more accurate in "
+        "our measurements (docs/BENCHMARKS.md, docs/RESULTS.md).",
+        default=0.0,
     )
     trust_remote_code: bool = _help(
         "Run code shipped with the model. Off unless you trust the model's authors.", default=False
@@ -74,6 +85,8 @@ class ModelConfig:
         _choice("pooling", self.pooling, POOLINGS)
         if not self.model:
             raise ConfigError("model: give a Hugging Face Hub id or a local model folder")
+        if self.encoder_dropout is not None and not 0.0 <= self.encoder_dropout < 1.0:
+            raise ConfigError(f"encoder_dropout: must be in [0, 1), got {self.encoder_dropout}")
 
 
 @dataclass
