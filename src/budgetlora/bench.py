@@ -336,6 +336,8 @@ def reference_pipeline(
                 "lr 1e-4 linear with 10% warm-up, r=8 alpha=16 query/value bias=lora_only, "
                 f"{'fp16' if gpu else 'fp32'}",
         "precision": "fp16" if gpu else "fp32",
+        "attention": peft_model.config._attn_implementation,
+        "encoder_dropout": getattr(peft_model.config, "hidden_dropout_prob", None),
         "trainable_params": int(trainable),
         "total_params": int(total),
         "under_budget": trainable < BUDGET,
@@ -383,7 +385,7 @@ def budgetlora_pipeline(
 
     from budgetlora.config import load_config
     from budgetlora.data import LengthGroupedBatchSampler, encode
-    from budgetlora.model import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
+    from budgetlora.model import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer, resolve_attn_implementation
     from budgetlora.train import train
 
     out_dir = Path(out_dir)
@@ -449,6 +451,8 @@ def budgetlora_pipeline(
         "what": "budgetlora train with default settings (model, rows, epochs=1, seed, output dir set), "
                 "then `budgetlora predict` on the validation texts",
         "precision": metrics["precision"],
+        "attention": resolve_attn_implementation(cfg.model.attn_implementation),
+        "encoder_dropout": cfg.model.encoder_dropout,
         "trainable_params": int(metrics["trainable_params"]),
         "total_params": int(metrics["total_params"]),
         "under_budget": int(metrics["trainable_params"]) < BUDGET,
@@ -832,6 +836,8 @@ def format_report(rep: dict[str, Any]) -> str:
     a, b, r = rep["reference"], rep["budgetlora"], rep["ratios"]
     rows = [
         ("precision", a["precision"], b["precision"], None, "s"),
+        ("attention kernel", a.get("attention"), b.get("attention"), None, "s"),
+        ("encoder dropout", a.get("encoder_dropout"), b.get("encoder_dropout"), None, "g"),
         ("trainable params", a["trainable_params"], b["trainable_params"], None, ",d"),
         ("samples trained", a["train_samples"], b["train_samples"], None, ",d"),
         ("train samples/s", a["train_samples_per_second"], b["train_samples_per_second"], r["train_samples_per_second"], ".2f"),
