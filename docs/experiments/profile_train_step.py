@@ -1,7 +1,10 @@
 # Where a budgetlora training step spends its CPU time (all-MiniLM-L6-v2, default settings, bf16
 # autocast, batch 32 of real AG News rows): the profile behind docs/BENCHMARKS.md ("What limits").
-# python docs/experiments/profile_train_step.py      (needs: bash ../shared/models/get_pretrained.sh minilm)
+# python docs/experiments/profile_train_step.py [before|now]   (needs: bash ../shared/models/get_pretrained.sh minilm)
+# before (the default): the defaults when the first profile was taken (SDPA attention, the pretrained
+# encoder dropout 0.1); now: today's defaults (eager attention on CPU, no dropout in the frozen encoder).
 import os
+import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -11,7 +14,8 @@ from budgetlora.data import Collator, encode, load_file, sorted_batches
 from budgetlora.model import build_model, load_tokenizer
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
-cfg = load_config(None, {"model": M})
+SETTINGS = {"before": {"attn_implementation": "sdpa", "encoder_dropout": None}, "now": {}}
+cfg = load_config(None, {"model": M, **SETTINGS[sys.argv[1] if len(sys.argv) > 1 else "before"]})
 rows = load_file("../shared/data/ag_news/train.csv", cfg.data)
 tok = load_tokenizer(M)
 enc = encode(rows.texts[12000:12256], tok, 128, labels=rows.labels[12000:12256])
@@ -40,7 +44,7 @@ events = prof.key_averages()
 total = sum(e.self_cpu_time_total for e in events)
 groups = {
     "casts (aten::copy_/to/_to_copy)": ("aten::copy_", "aten::_to_copy", "aten::to"),
-    "attention (sdpa and its math parts)": ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::bmm", "aten::softmax", "aten::_softmax", "aten::where", "aten::isneginf"),
+    "attention (sdpa/eager: bmm, softmax, mask)": ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::bmm", "aten::softmax", "aten::_softmax", "aten::where", "aten::isneginf"),
     "dropout": ("aten::dropout", "aten::native_dropout", "aten::bernoulli"),
     "matmul (mm/addmm/linear)": ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul"),
     "layer norm": ("aten::native_layer_norm",),

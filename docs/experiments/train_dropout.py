@@ -2,6 +2,7 @@
 # The ad-hoc measurement behind a row of docs/BENCHMARKS.md ("What limits the ratios"), kept as it was run
 # on 2026-11-22 (2-core AMD EPYC, torch 2.13.0): python docs/experiments/train_dropout.py
 # Needs: bash ../shared/models/get_pretrained.sh minilm.
+# Pinned to the defaults of the time (SDPA attention, the pretrained encoder dropout 0.1) so it still measures what it measured.
 import os
 import time, torch, sys, warnings
 warnings.filterwarnings("ignore")
@@ -9,7 +10,7 @@ from budgetlora.config import load_config
 from budgetlora.model import build_classifier, add_lora, load_hf_config, load_tokenizer
 from budgetlora.data import load_file, encode, Collator, sorted_batches
 M=os.path.expanduser('~/.cache/pretrained-encoders/all-MiniLM-L6-v2')
-cfg=load_config(None,{'model':M})
+cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None})
 ts=load_file('../shared/data/ag_news/train.csv',cfg.data)
 tok=load_tokenizer(M)
 enc=encode(ts.texts[12000:12000+32*8],tok,128,labels=ts.labels[12000:12000+32*8])
