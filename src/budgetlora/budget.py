@@ -204,13 +204,16 @@ def _bert_block_tail(b: str, h: int, inter: int) -> list[Module]:
     ]
 
 
+def _block_dims(cfg: Any) -> tuple[int, int, int, int]:
+    """(hidden, heads, attention width = heads x head size, feed-forward width) of a BERT-style block."""
+    h, heads = cfg.hidden_size, cfg.num_attention_heads
+    return h, heads, heads * int(h / heads), cfg.intermediate_size
+
+
 def _bert_like(cfg: Any, p: str, *, pooler: bool, embedding_size: Optional[int] = None) -> list[Module]:
     """bert, roberta, xlm-roberta, camembert, electra: same block, different embeddings."""
-    h = cfg.hidden_size
+    h, heads, a, inter = _block_dims(cfg)
     e = embedding_size or h
-    heads = cfg.num_attention_heads
-    a = heads * int(h / heads)
-    inter = cfg.intermediate_size
     mods = [
         _embedding(f"{p}.embeddings.word_embeddings", cfg.vocab_size, e),
         _embedding(f"{p}.embeddings.position_embeddings", cfg.max_position_embeddings, e),
@@ -234,10 +237,7 @@ def _bert_like(cfg: Any, p: str, *, pooler: bool, embedding_size: Optional[int] 
 
 
 def _mpnet(cfg: Any, p: str) -> list[Module]:
-    h = cfg.hidden_size
-    heads = cfg.num_attention_heads
-    a = heads * int(h / heads)
-    inter = cfg.intermediate_size
+    h, heads, a, inter = _block_dims(cfg)
     mods = [
         _embedding(f"{p}.embeddings.word_embeddings", cfg.vocab_size, h),
         _embedding(f"{p}.embeddings.position_embeddings", cfg.max_position_embeddings, h),

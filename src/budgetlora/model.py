@@ -105,10 +105,9 @@ def load_hf_config(cfg: ModelConfig, num_labels: Optional[int] = None, label_nam
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
     try:
-        hf_config = AutoConfig.from_pretrained(cfg.model, **kwargs)
+        return AutoConfig.from_pretrained(cfg.model, **kwargs)
     except Exception as e:  # transformers raises OSError/ValueError/HF errors for the same cause
         raise _wrap_load_error("model config", cfg.model, e) from None
-    return hf_config
 
 
 def set_encoder_dropout(model: nn.Module, p: Optional[float]) -> None:
@@ -183,7 +182,7 @@ def build_classifier(
     _check_weights_present(cfg)
     kwargs = dict(
         config=hf_config,
-        attn_implementation=resolve_attn_implementation(cfg.attn_implementation),
+        attn_implementation=cfg.attn_implementation,
         use_safetensors=None if cfg.allow_pickle_weights else True,
         dtype=torch.float32,
         **_load_kwargs(cfg),
@@ -202,7 +201,7 @@ def build_classifier(
 def build_classifier_from_config(cfg: ModelConfig, hf_config) -> nn.Module:
     """The same module tree as `build_classifier`, randomly initialised (tests, meta counting)."""
     _quiet_transformers()
-    kwargs = {"attn_implementation": resolve_attn_implementation(cfg.attn_implementation)}
+    kwargs = {"attn_implementation": cfg.attn_implementation}
     return _with_attn_fallback(
         lambda **kw: _make(cfg, hf_config.num_labels, lambda cls, **k: cls.from_config(hf_config, **k), **kw), kwargs
     )
@@ -224,7 +223,9 @@ def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
 
 
 def _with_attn_fallback(make, kwargs: dict[str, Any]) -> nn.Module:
-    """Some architectures (mpnet) have no SDPA kernel: fall back to eager attention and say so."""
+    """Build with the resolved attention kernel; some architectures (mpnet) have no SDPA kernel:
+    fall back to eager attention and say so."""
+    kwargs = {**kwargs, "attn_implementation": resolve_attn_implementation(kwargs["attn_implementation"])}
     try:
         return make(**kwargs)
     except ValueError as e:
