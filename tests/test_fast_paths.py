@@ -1,4 +1,5 @@
-"""The fast paths' switches: attention kernel choice and the encoder's dropout (issue #4)."""
+"""The fast paths' switches: attention kernel choice, the encoder's dropout and the first-token last
+layer (issue #4)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from budgetlora.cli import main
 from budgetlora.config import ModelConfig, load_config
 from budgetlora.errors import ConfigError
 from budgetlora.model import (
+    add_lora,
     build_classifier,
     build_classifier_from_config,
     resolve_attn_implementation,
+    load_trained,
     set_encoder_dropout,
 )
 from tiny import ARCH_CONFIGS, tiny_config
@@ -98,3 +101,95 @@ def test_eager_and_sdpa_give_the_same_logits(tiny_model_dir):
         with torch.no_grad():
             logits.append(model(input_ids=ids, attention_mask=mask).logits)
     torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=1e-4)
+
+
+# --- first_token_last_layer ----------------------------------------------------------------------
+
+
+def _pair(arch: str, head: str, pooling: str = "first") -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(plain model, model with the option on), same weights."""
+    plain = build_classifier_from_config(
+        ModelConfig(model="tiny", head=head, pooling=pooling, first_token_last_layer=False), tiny_config(arch))
+    cut = build_classifier_from_config(ModelConfig(model="tiny", head=head, pooling=pooling), tiny_config(arch))
+    cut.load_state_dict(plain.state_dict())
+    return plain, cut
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (3, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    return ids, mask
+
+
+def _linear_rows(model: torch.nn.Module, ids, mask) -> int:
+    """Rows (tokens) that went through the model's Linear layers in one forward pass."""
+    rows = [0]
+    hooks = [m.register_forward_pre_hook(lambda _m, args: rows.__setitem__(0, rows[0] + args[0].numel() // args[0].shape[-1]))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    return rows[0]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+@pytest.mark.parametrize("head", ["default", "linear"])
+def test_first_token_last_layer_gives_the_same_logits_for_less_work(arch, head):
+    plain, cut = _pair(arch, head)
+    plain.eval(), cut.eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(cut(input_ids=ids, attention_mask=mask).logits,
+                                   plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+    assert _linear_rows(cut, ids, mask) < _linear_rows(plain, ids, mask), f"{arch}: no work was saved"
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert", "deberta-v2"])
+def test_first_token_last_layer_gives_the_same_lora_gradients(arch):
+    """Training through the cut layer: same loss and same gradients for every trainable tensor,
+    LoRA on the last layer's feed-forward matmuls included."""
+    targets = {"roberta": ["query", "value", "intermediate.dense"], "distilbert": ["q_lin", "v_lin", "lin1"],
+               "deberta-v2": ["query_proj", "value_proj", "intermediate.dense"]}[arch]
+    run = load_config(None, {"target_modules": targets, "lora_dropout": 0.0})
+    grads = []
+    for model in _pair(arch, "default"):
+        torch.manual_seed(3)
+        peft_model = add_lora(model, run)
+        peft_model.train()
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the A side a gradient too
+                torch.nn.init.normal_(p, std=0.02)
+        set_encoder_dropout(peft_model, 0.0)
+        for m in peft_model.modules():  # the head's dropout too: both passes must be deterministic
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        ids, mask = _batch()
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2])).loss
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("setting", [dict(head="linear", pooling="mean"), dict(first_token_last_layer=False)])
+def test_first_token_last_layer_stays_off_where_it_would_change_the_output(setting):
+    model = build_classifier_from_config(ModelConfig(model="tiny", **setting), tiny_config("roberta"))
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_first_token_last_layer_survives_lora_merging(tiny_model_dir, tiny_train_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--train-file", str(tiny_train_csv), "--output-dir",
+                 str(run_dir), "--epochs", "1", "--max-steps", "2", "--val-fraction", "0.2"]) == 0
+    merged, _, _ = load_trained(run_dir)
+    assert sum(len(m._forward_hooks) for m in merged.modules()) == 1
+    plain, _, _ = load_trained(run_dir, settings=ModelConfig(first_token_last_layer=False))
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids, attention_mask=mask).logits,
+                                   plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)

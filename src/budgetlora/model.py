@@ -127,6 +127,38 @@ def set_encoder_dropout(model: nn.Module, p: Optional[float]) -> None:
             module.dropout_prob = float(p)
 
 
+# Inside an encoder layer, the module whose output feeds the feed-forward block (and its residual):
+# `attention` (self-attention + output projection + residual LayerNorm) in BERT-style layers, the
+# LayerNorm after the residual add in DistilBERT's. Families not listed keep the plain forward pass.
+_FFN_INPUT = {"bert": "attention", "roberta": "attention", "xlm-roberta": "attention", "camembert": "attention",
+              "electra": "attention", "mpnet": "attention", "deberta-v2": "attention", "distilbert": "sa_layer_norm"}
+
+
+def _first_token(module: nn.Module, args: Any, output: Any) -> Any:
+    # contiguous: the feed-forward matmuls on a strided slice were measured slower than on a copy
+    if isinstance(output, tuple):
+        return (output[0][:, :1].contiguous(), *output[1:])
+    return output[:, :1].contiguous()
+
+
+def first_token_last_layer(model: nn.Module) -> bool:
+    """Cut the last encoder layer to the first token after its attention; True where installed.
+
+    Only for heads that read nothing but the first token. The last layer's attention must still
+    see every token (its keys and values), but its feed-forward block and everything after it
+    work on each token alone, so running them on the first token gives the same logits for less
+    work: 8 of the layer's 12 H^2 matmul FLOPs per token, 11% of a 6-layer model's, forward and
+    backward. A forward hook rather than a patched forward: it survives peft wrapping and LoRA
+    merging and needs no copy of the architectures' code.
+    """
+    name = _FFN_INPUT.get(getattr(model.config, "model_type", None))
+    stacks = [m for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] == "layer"]
+    if name is None or len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], name):
+        return False
+    getattr(stacks[0][-1], name).register_forward_hook(_first_token)
+    return True
+
+
 def resolve_attn_implementation(name: str) -> str:
     """'auto': SDPA's fused kernels on a GPU; on a CPU plain matmul + softmax ('eager'), which
     trained 1.3x faster than SDPA in bf16 here (docs/BENCHMARKS.md)."""
@@ -219,6 +251,8 @@ def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
             encoder = construct(AutoModel, **kwargs)
         model = EncoderClassifier(encoder, num_labels, cfg.pooling)
     set_encoder_dropout(model, cfg.encoder_dropout)
+    if cfg.first_token_last_layer and (cfg.head == "default" or cfg.pooling == "first"):
+        first_token_last_layer(model)
     return model
 
 
