@@ -193,3 +193,48 @@ def test_first_token_last_layer_survives_lora_merging(tiny_model_dir, tiny_train
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids, attention_mask=mask).logits,
                                    plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+
+
+# --- the console entry point's garbage-collector settings -------------------------------------
+
+
+@pytest.fixture
+def restore_gc():
+    import gc
+
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_entry_imports_model_commands_without_collections_then_collects_as_usual(monkeypatch, restore_gc):
+    import gc
+    import sys
+
+    from budgetlora import cli
+
+    seen = {}
+
+    def fake_main(argv):
+        seen.update(argv=argv, enabled=gc.isenabled(), frozen=gc.get_freeze_count(), peft="peft" in sys.modules)
+        return 7
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    gc.unfreeze()
+    assert cli.entry(["predict", "--run", "r"]) == 7
+    assert seen["argv"] == ["predict", "--run", "r"]
+    assert seen["enabled"] and seen["peft"], "the command must run with the collector on, after the imports"
+    assert seen["frozen"] > 10_000, "the imported objects should be out of the collector's sight"
+    assert gc.get_freeze_count() >= seen["frozen"], "frozen again at exit"
+
+
+def test_entry_keeps_light_commands_light(monkeypatch, restore_gc):
+    import gc
+
+    from budgetlora import cli
+
+    calls = []
+    monkeypatch.setattr(gc, "disable", lambda: calls.append("disable"))
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    assert cli.entry(["plan", "--model", "x"]) == 0
+    assert calls == []

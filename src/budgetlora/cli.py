@@ -7,6 +7,7 @@ A `UserError` becomes one line on stderr and exit code 2; `--debug` shows the tr
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import typing
 from typing import Any, Callable, Optional, Sequence
@@ -252,5 +253,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+# Commands that import torch, transformers and peft (the others stay light: --help, plan, compare).
+MODEL_COMMANDS = frozenset({"train", "evaluate", "predict", "search", "bench"})
+
+
+def entry(argv: Optional[Sequence[str]] = None) -> int:
+    """The `budgetlora` console command: `main` plus garbage-collector settings for the whole
+    process, which a library call must not make.
+
+    Importing torch, transformers and peft allocates a few hundred thousand objects and no garbage,
+    yet the cyclic collector walks them again and again while they load (~1 s) and once more while
+    the interpreter shuts down (~1.2 s): a tenth of a `budgetlora predict` of 7,600 texts on a
+    2-core CPU (docs/BENCHMARKS.md). So no collection during those imports, and the objects that
+    exist once they are done, and again at exit, are moved out of the collector's sight
+    (`gc.freeze`); every object made afterwards is collected as usual.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODEL_COMMANDS:
+        gc.disable()
+        try:
+            import peft  # noqa: F401  (pulls in torch and transformers)
+            import transformers.modeling_utils  # noqa: F401
+        finally:
+            gc.freeze()
+            gc.enable()
+    try:
+        return main(argv)
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
