@@ -26,6 +26,11 @@ def test_model_flops_by_hand():
     assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10) == 38_688
     # inference: 2*1000 * 8 + 4 * 2 * 8 * 34 = 16,000 + 2,176
     assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10, training=False) == 18_176
+    # 100 of the N run on the first token only: the other 2 + 4 tokens skip 4*100 (training), 2*100 each
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10,
+                       first_token_only_params=100) == 38_688 - 4 * 100 * 6
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, training=False,
+                       first_token_only_params=100) == 18_176 - 2 * 100 * 6
 
 
 def test_model_shape_counts_non_embedding_params_by_hand():
@@ -48,6 +53,18 @@ def test_model_shape_counts_non_embedding_params_by_hand():
     assert shape["lora_params"] == lora
     assert shape["trainable_non_embedding_params"] == lora + head + 2 * 2 * h  # + query/value biases
     assert (shape["layers"], shape["hidden"]) == (2, 32)
+    assert shape["first_token_only_params"] == 0  # a plain transformers model: every token runs everything
+
+
+def test_model_shape_counts_the_first_token_only_params():
+    from budgetlora.config import ModelConfig
+    from budgetlora.model import build_classifier_from_config
+    from tiny import tiny_config
+
+    h, i = 32, 64  # tiny_config's hidden and intermediate sizes
+    for arch, ffn in (("bert", (h * i + i) + (i * h + h) + 2 * h), ("distilbert", (h * i + i) + (i * h + h) + 2 * h)):
+        model = build_classifier_from_config(ModelConfig(model="tiny"), tiny_config(arch))
+        assert model_shape(model)["first_token_only_params"] == ffn, arch
 
 
 def test_bench_runs_both_pipelines_and_reports_ratios(bench_bert, tmp_path, capsys):

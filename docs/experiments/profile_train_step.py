@@ -2,7 +2,8 @@
 # autocast, batch 32 of real AG News rows): the profile behind docs/BENCHMARKS.md ("What limits").
 # python docs/experiments/profile_train_step.py [before|now]   (needs: bash ../shared/models/get_pretrained.sh minilm)
 # before (the default): the defaults when the first profile was taken (SDPA attention, the pretrained
-# encoder dropout 0.1); now: today's defaults (eager attention on CPU, no dropout in the frozen encoder).
+# encoder dropout 0.1, plain last layer); now: today's defaults (eager attention on CPU, no dropout in
+# the frozen encoder, first-token last layer).
 import os
 import sys
 
@@ -14,7 +15,8 @@ from budgetlora.data import Collator, encode, load_file, sorted_batches
 from budgetlora.model import build_model, load_tokenizer
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
-SETTINGS = {"before": {"attn_implementation": "sdpa", "encoder_dropout": None}, "now": {}}
+SETTINGS = {"before": {"attn_implementation": "sdpa", "encoder_dropout": None, "first_token_last_layer": False},
+            "now": {}}
 cfg = load_config(None, {"model": M, **SETTINGS[sys.argv[1] if len(sys.argv) > 1 else "before"]})
 rows = load_file("../shared/data/ag_news/train.csv", cfg.data)
 tok = load_tokenizer(M)

@@ -1,5 +1,6 @@
 # MiniLM training step, samples/s: attention kernel (SDPA / SDPA math / eager) x dropout in the frozen
-# encoder x where the weights are held (autocast over fp32 weights, frozen weights in bf16, all bf16).
+# encoder x where the weights are held (autocast over fp32 weights, frozen weights in bf16, all bf16),
+# and the first-token last layer (eager_nodrop vs eager_nodrop_cut).
 # The measurement behind the attention and dropout rows of docs/BENCHMARKS.md, run on 2026-11-22
 # (2-core AMD EPYC, torch 2.13.0, transformers 5.23.0, peft 0.21.2):
 #     python docs/experiments/train_attention_dropout.py [variant,variant,...]
@@ -21,9 +22,12 @@ from budgetlora.data import Collator, LengthGroupedBatchSampler, encode, load_fi
 from budgetlora.model import build_model, load_tokenizer
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
-# encoder_dropout None = the pretrained 0.1 everywhere, as before the change this measured
-cfg = {kernel: load_config(None, {"model": M, "attn_implementation": kernel, "encoder_dropout": None})
+# encoder_dropout None = the pretrained 0.1 everywhere, as before the change this measured; the
+# first-token last layer came later and has its own model ("eager_cut", variant eager_nodrop_cut)
+cfg = {kernel: load_config(None, {"model": M, "attn_implementation": kernel, "encoder_dropout": None,
+                                  "first_token_last_layer": False})
        for kernel in ("sdpa", "eager")}
+cfg["eager_cut"] = load_config(None, {"model": M, "attn_implementation": "eager", "encoder_dropout": None})
 texts = load_file("../shared/data/ag_news/train.csv", cfg["sdpa"].data)
 tok = load_tokenizer(M)
 enc = encode(texts.texts[12000:13024], tok, 128, labels=texts.labels[12000:13024])
@@ -84,7 +88,7 @@ def same(m):
     return m
 
 
-# name: (kernel the model is built with, transform, autocast, SDPA backend forced)
+# name: (config the model is built with, transform, autocast, SDPA backend forced)
 VARIANTS = {
     "sdpa": ("sdpa", same, True, None),
     "sdpa_nodrop": ("sdpa", no_dropout, True, None),
@@ -95,6 +99,7 @@ VARIANTS = {
     "eager_nodrop": ("eager", no_dropout, True, None),
     "eager_nodrop_frozen_bf16": ("eager", lambda m: no_dropout(frozen_bf16(m)), True, None),
     "eager_nodrop_all_bf16": ("eager", lambda m: no_dropout(m.to(torch.bfloat16)), False, None),
+    "eager_nodrop_cut": ("eager_cut", no_dropout, True, None),  # today's default
 }
 chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
 bases = {}

@@ -10,7 +10,7 @@ from budgetlora.config import load_config
 from budgetlora.model import build_classifier, add_lora, load_hf_config, load_tokenizer
 from budgetlora.data import load_file, encode, Collator, sorted_batches
 M=os.path.expanduser('~/.cache/pretrained-encoders/all-MiniLM-L6-v2')
-cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None})
+cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'first_token_last_layer':False})
 ts=load_file('../shared/data/ag_news/train.csv',cfg.data)
 tok=load_tokenizer(M)
 enc=encode(ts.texts[12000:12000+32*8],tok,128,labels=ts.labels[12000:12000+32*8])

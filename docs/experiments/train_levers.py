@@ -9,7 +9,7 @@ from budgetlora.config import load_config
 from budgetlora.model import build_model, load_tokenizer
 from budgetlora.data import load_file, encode, Collator, sorted_batches
 M=os.path.expanduser('~/.cache/pretrained-encoders/all-MiniLM-L6-v2')
-cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'lora_dropout':0.1})  # the default when this was measured
+cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'first_token_last_layer':False,'lora_dropout':0.1})  # the default when this was measured
 ts=load_file('../shared/data/ag_news/train.csv',cfg.data)
 tok=load_tokenizer(M)
 enc=encode(ts.texts[12000:12000+32*8],tok,128,labels=ts.labels[12000:12000+32*8])
@@ -36,7 +36,7 @@ m2=copy.deepcopy(m)
 for n,p in m2.named_parameters():
     if not p.requires_grad: p.data=p.data.to(torch.bfloat16)
 print('+frozen bf16', run(m2))
-cfg0=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'lora_dropout':0.0})
+cfg0=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'first_token_last_layer':False,'lora_dropout':0.0})
 torch.manual_seed(0); m3=build_model(cfg0,4)
 for n,p in m3.named_parameters():
     if not p.requires_grad: p.data=p.data.to(torch.bfloat16)
@@ -49,7 +49,7 @@ for mod in m3.modules():
     if hasattr(mod,'attention_dropout') and isinstance(getattr(mod,'attention_dropout'),float): mod.attention_dropout=0.0
 print('fp32 baseline (dynamic padding)', run(m, ac=False))
 
-cfg0=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'lora_dropout':0.0})
+cfg0=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'first_token_last_layer':False,'lora_dropout':0.0})
 torch.manual_seed(0); m4=build_model(cfg0,4)
 t=time.time(); mc=torch.compile(m4); print('compile+1st', run(mc, steps=2), time.time()-t)
 print('compiled', run(mc, steps=8))

@@ -77,12 +77,15 @@ def model_flops(
     hidden: int,
     n_trainable: int = 0,
     training: bool = True,
+    first_token_only_params: int = 0,
 ) -> float:
     """Useful FLOPs to process rows of these real token lengths once.
 
     Per token: forward 2N, backward to activations 2N, weight gradients 2N_trainable (training
     only); attention 4*L*H*t forward per token of a row with t tokens (QK^T: 2tH, AV: 2tH per
     layer), 8*L*H*t backward. Summed over a row of t tokens the attention term is c*L*H*t^2.
+    `first_token_only_params` run on one token per row (`first_token_last_layer`): the other
+    tokens do not spend their 2 (forward) or 4 (training) FLOPs per parameter there.
     """
     tokens = sum(int(t) for t in lengths)
     squares = sum(int(t) * int(t) for t in lengths)
@@ -92,11 +95,15 @@ def model_flops(
     else:
         dense = 2 * n_params
         attn = 4 * n_layers * hidden
-    return float(dense * tokens + attn * squares)
+    skipped = (4 if training else 2) * first_token_only_params * (tokens - len(lengths))
+    return float(dense * tokens + attn * squares - skipped)
 
 
 def model_shape(model: Any) -> dict[str, int]:
-    """N (non-embedding parameters), trainable ones, LoRA ones, layers and hidden size of a model."""
+    """N (non-embedding parameters), trainable ones, LoRA ones, those run on the first token only,
+    layers and hidden size of a model."""
+    from budgetlora.model import first_token_only_params
+
     n_params = n_trainable = n_lora = n_embed = 0
     for name, p in model.named_parameters():
         if ".original_module." in name:  # peft's frozen spare copy of a modules_to_save head: never run
@@ -118,6 +125,7 @@ def model_shape(model: Any) -> dict[str, int]:
         "trainable_non_embedding_params": n_trainable,
         "lora_params": n_lora,
         "embedding_params": n_embed,
+        "first_token_only_params": first_token_only_params(model),
         "layers": int(layers),
         "hidden": int(hidden),
     }
@@ -352,7 +360,8 @@ def reference_pipeline(
         "train_tokens_per_second": sum(train_len) / loop_s,
         "train_executed_tokens_per_second": n_train * REF_MAX_LENGTH / loop_s,
         "train_useful_flops": model_flops(train_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"]),
+                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
+                                          first_token_only_params=shape["first_token_only_params"]),
         "final_train_loss": float(train_out.metrics.get("train_loss", float("nan"))),
         "eval_rows": len(val_df),
         "eval_accuracy": float(ev["eval_accuracy"]),
@@ -361,7 +370,8 @@ def reference_pipeline(
         "eval_timed": "trainer.evaluate() loop (batch 32, rows already tokenized)",
         "eval_real_tokens": sum(val_len),
         "eval_useful_flops": model_flops(val_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                         hidden=shape["hidden"], training=False),
+                                         hidden=shape["hidden"], training=False,
+                                         first_token_only_params=shape["first_token_only_params"]),
         "setup_s": setup_s,
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss,
@@ -467,7 +477,8 @@ def budgetlora_pipeline(
         "train_tokens_per_second": float(metrics["train_tokens_per_second"]),
         "train_executed_tokens_per_second": executed / secs if executed else None,
         "train_useful_flops": model_flops(train_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"]),
+                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
+                                          first_token_only_params=shape["first_token_only_params"]),
         "eval_rows": len(val_df),
         "eval_accuracy": float(metrics["final_eval_accuracy"]),
         "best_eval_accuracy": float(metrics["best_eval_accuracy"]),
@@ -483,7 +494,8 @@ def budgetlora_pipeline(
         "predict_peak_rss_mb": child_rss_mb,
         "eval_real_tokens": sum(val_len),
         "eval_useful_flops": model_flops(val_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                         hidden=shape["hidden"], training=False),
+                                         hidden=shape["hidden"], training=False,
+                                         first_token_only_params=shape["first_token_only_params"]),
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss,
         "peak_gpu_allocated_mb": peak_gpu,
@@ -552,8 +564,9 @@ def _tail(path: Path, n: int = 600) -> str:
 
 
 def _child_env() -> dict[str, str]:
+    # The user's environment as it is (TOKENIZERS_PARALLELISM included: the timed `budgetlora
+    # predict` must tokenize as it does for them), with unbuffered output for the logs.
     env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -680,7 +693,8 @@ def run_bench(
         "rows": rows_info,
         "peaks": peaks,
         "flops_formula": "training: per real token 4N + 2N_trainable + 12*L*H*t; inference: 2N + 4*L*H*t "
-                         "(N non-embedding params incl. LoRA and head, t = real tokens of the row)",
+                         "(N non-embedding params incl. LoRA and head, t = real tokens of the row); parameters run on the "
+                         "first token only (first_token_last_layer) count for one token per row",
         "timing": "train: inside the training loop only (model load, tokenization, evaluation, saving excluded); "
                   "reference eval: trainer.evaluate(); budgetlora eval: whole `budgetlora predict` command",
         "reference": a,
@@ -761,7 +775,8 @@ def scaling_sweep(
             m = train(cfg, command="budgetlora bench --sweep")
             secs = float(m["train_runtime_s"])
             flops = model_flops([T] * n, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"])
+                                hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
+                                          first_token_only_params=shape["first_token_only_params"])
             row = {"seq_len": T, "rows": n, "tokens": T * n, "train_seconds": secs,
                    "samples_per_second": n / secs, "tokens_per_second": T * n / secs,
                    "useful_flops_per_second": flops / secs}

@@ -159,6 +159,18 @@ def first_token_last_layer(model: nn.Module) -> bool:
     return True
 
 
+def first_token_only_params(model: nn.Module) -> int:
+    """Parameters that `first_token_last_layer` runs on each row's first token only (the last
+    layer's modules after its attention); 0 where it is off. For FLOP counts."""
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        if any(hook is _first_token for hook in module._forward_hooks.values()):
+            layer_name, _, hooked = name.rpartition(".")
+            return sum(p.numel() for child_name, child in modules[layer_name].named_children()
+                       if child_name not in (hooked, "attention") for p in child.parameters())
+    return 0
+
+
 def resolve_attn_implementation(name: str) -> str:
     """'auto': SDPA's fused kernels on a GPU; on a CPU plain matmul + softmax ('eager'), which
     trained 1.3x faster than SDPA in bf16 here (docs/BENCHMARKS.md)."""
