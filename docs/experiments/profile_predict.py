@@ -1,6 +1,7 @@
 # Where the whole `budgetlora predict` command spends its time, and what the inference loop runs.
 # The profile behind "What limits prediction" in docs/BENCHMARKS.md, run on 2026-11-22 (2-core AMD
-# EPYC, torch 2.13.0): python docs/experiments/profile_predict.py RUN_DIR INPUT_CSV
+# EPYC, torch 2.13.0; through `main()` until commit c15ab9e, through the console entry point since):
+#     python docs/experiments/profile_predict.py RUN_DIR INPUT_CSV
 # RUN_DIR/INPUT_CSV: e.g. DIR/budgetlora-run and DIR/data/validation.csv of a
 # `budgetlora bench --output-dir DIR`.
 # 1. The command under cProfile: wall seconds in the start-up (imports, model load and merge),
@@ -18,9 +19,9 @@ out_csv = os.path.join(tempfile.mkdtemp(), "predictions.csv")
 profiler = cProfile.Profile()
 start = time.perf_counter()
 profiler.enable()
-from budgetlora.cli import main  # noqa: E402  (imports are part of what is measured)
+from budgetlora.cli import entry  # noqa: E402  (imports are part of what is measured)
 
-main(["predict", "--run", run_dir, "--input", input_csv, "--output", out_csv])
+entry(["predict", "--run", run_dir, "--input", input_csv, "--output", out_csv])  # as the `budgetlora` command runs it
 profiler.disable()
 wall = time.perf_counter() - start
 stats = pstats.Stats(profiler)
