@@ -1,6 +1,7 @@
 # MiniLM training step, samples/s: attention kernel (SDPA / SDPA math / eager) x dropout in the frozen
 # encoder x where the weights are held (autocast over fp32 weights, frozen weights in bf16, all bf16),
-# and the first-token last layer (eager_nodrop vs eager_nodrop_cut).
+# the first-token last layer (eager_nodrop vs eager_nodrop_cut) and the softmax in fp32
+# (eager_nodrop_cut vs fp32_softmax_nodrop_cut).
 # The measurement behind the attention and dropout rows of docs/BENCHMARKS.md, run on 2026-11-22
 # (2-core AMD EPYC, torch 2.13.0, transformers 5.23.0, peft 0.21.2):
 #     python docs/experiments/train_attention_dropout.py [variant,variant,...]
@@ -18,6 +19,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from budgetlora.config import load_config
+from fp32_softmax_attention import NAME as FP32_SOFTMAX  # registers the attention with transformers
 from budgetlora.data import Collator, LengthGroupedBatchSampler, encode, load_file
 from budgetlora.model import build_model, load_tokenizer
 
@@ -28,6 +30,7 @@ cfg = {kernel: load_config(None, {"model": M, "attn_implementation": kernel, "en
                                   "first_token_last_layer": False})
        for kernel in ("sdpa", "eager")}
 cfg["eager_cut"] = load_config(None, {"model": M, "attn_implementation": "eager", "encoder_dropout": None})
+cfg["fp32_softmax_cut"] = load_config(None, {"model": M, "attn_implementation": FP32_SOFTMAX, "encoder_dropout": None})
 texts = load_file("../shared/data/ag_news/train.csv", cfg["sdpa"].data)
 tok = load_tokenizer(M)
 enc = encode(texts.texts[12000:13024], tok, 128, labels=texts.labels[12000:13024])
@@ -99,7 +102,8 @@ VARIANTS = {
     "eager_nodrop": ("eager", no_dropout, True, None),
     "eager_nodrop_frozen_bf16": ("eager", lambda m: no_dropout(frozen_bf16(m)), True, None),
     "eager_nodrop_all_bf16": ("eager", lambda m: no_dropout(m.to(torch.bfloat16)), False, None),
-    "eager_nodrop_cut": ("eager_cut", no_dropout, True, None),  # today's default
+    "eager_nodrop_cut": ("eager_cut", no_dropout, True, None),  # today's CPU default
+    "fp32_softmax_nodrop_cut": ("fp32_softmax_cut", no_dropout, True, None),
 }
 chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else list(VARIANTS)
 bases = {}

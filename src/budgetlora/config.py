@@ -58,10 +58,9 @@ class ModelConfig:
         default="first",
     )
     attn_implementation: str = _help(
-        "Attention kernel passed to transformers ('auto', 'sdpa', 'eager', 'eager_fp32_softmax', ...). "
-        "'auto': 'sdpa' on a GPU (fused kernels); on a CPU 'eager_fp32_softmax', plain matmul + "
-        "softmax with the softmax in fp32, because PyTorch's bf16 SDPA and bf16 softmax kernels were "
-        "measured slower there (docs/BENCHMARKS.md).",
+        "Attention kernel passed to transformers ('auto', 'sdpa', 'eager', ...). 'auto': 'sdpa' on a "
+        "GPU (fused kernels), 'eager' on a CPU, where PyTorch's bf16 SDPA kernels were measured "
+        "slower than plain matmul + softmax (docs/BENCHMARKS.md).",
         default="auto",
     )
     encoder_dropout: Optional[float] = _help(

@@ -171,39 +171,12 @@ def first_token_only_params(model: nn.Module) -> int:
     return 0
 
 
-CPU_ATTENTION = "eager_fp32_softmax"
-
-
-def eager_fp32_softmax_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                                 attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                                 dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers' eager attention (matmul, additive mask, softmax, matmul) with the softmax
-    computed in fp32 and cast back: PyTorch's CPU softmax kernel is ~2.3x slower on bf16 input
-    than on fp32 (docs/BENCHMARKS.md), and fp32 is the more exact of the two anyway."""
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
 def resolve_attn_implementation(name: str) -> str:
-    """'auto': SDPA's fused kernels on a GPU; on a CPU plain matmul + softmax with the softmax in
-    fp32 (`eager_fp32_softmax`), which trained 1.3x faster than SDPA in bf16 here and predicts
-    faster than transformers' 'eager' (docs/BENCHMARKS.md). Architectures with their own
-    attention code (MPNet, DeBERTa-v2) ignore the choice and run it."""
-    if name == "auto":
-        name = "sdpa" if torch.cuda.is_available() else CPU_ATTENTION
-    if name == CPU_ATTENTION:  # registered with transformers on first use, under the eager mask format
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-        AttentionInterface.register(CPU_ATTENTION, eager_fp32_softmax_attention)
-        AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)
-    return name
+    """'auto': SDPA's fused kernels on a GPU; on a CPU plain matmul + softmax ('eager'), which
+    trained 1.3x faster than SDPA in bf16 here (docs/BENCHMARKS.md)."""
+    if name != "auto":
+        return name
+    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
