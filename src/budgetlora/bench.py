@@ -776,7 +776,7 @@ def scaling_sweep(
             secs = float(m["train_runtime_s"])
             flops = model_flops([T] * n, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
                                 hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
-                                          first_token_only_params=shape["first_token_only_params"])
+                                first_token_only_params=shape["first_token_only_params"])
             row = {"seq_len": T, "rows": n, "tokens": T * n, "train_seconds": secs,
                    "samples_per_second": n / secs, "tokens_per_second": T * n / secs,
                    "useful_flops_per_second": flops / secs}
