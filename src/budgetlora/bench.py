@@ -99,6 +99,13 @@ def model_flops(
     return float(dense * tokens + attn * squares - skipped)
 
 
+def shape_flops(lengths: Sequence[int], shape: dict[str, int], training: bool = True) -> float:
+    """`model_flops` for a model described by `model_shape`."""
+    return model_flops(lengths, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
+                       hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
+                       training=training, first_token_only_params=shape["first_token_only_params"])
+
+
 def model_shape(model: Any) -> dict[str, int]:
     """N (non-embedding parameters), trainable ones, LoRA ones, those run on the first token only,
     layers and hidden size of a model."""
@@ -359,9 +366,7 @@ def reference_pipeline(
         "train_executed_tokens": n_train * REF_MAX_LENGTH,
         "train_tokens_per_second": sum(train_len) / loop_s,
         "train_executed_tokens_per_second": n_train * REF_MAX_LENGTH / loop_s,
-        "train_useful_flops": model_flops(train_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
-                                          first_token_only_params=shape["first_token_only_params"]),
+        "train_useful_flops": shape_flops(train_len, shape),
         "final_train_loss": float(train_out.metrics.get("train_loss", float("nan"))),
         "eval_rows": len(val_df),
         "eval_accuracy": float(ev["eval_accuracy"]),
@@ -369,9 +374,7 @@ def reference_pipeline(
         "eval_samples_per_second": len(val_df) / float(ev["eval_runtime"]),
         "eval_timed": "trainer.evaluate() loop (batch 32, rows already tokenized)",
         "eval_real_tokens": sum(val_len),
-        "eval_useful_flops": model_flops(val_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                         hidden=shape["hidden"], training=False,
-                                         first_token_only_params=shape["first_token_only_params"]),
+        "eval_useful_flops": shape_flops(val_len, shape, training=False),
         "setup_s": setup_s,
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss,
@@ -476,9 +479,7 @@ def budgetlora_pipeline(
         "train_executed_tokens": executed,
         "train_tokens_per_second": float(metrics["train_tokens_per_second"]),
         "train_executed_tokens_per_second": executed / secs if executed else None,
-        "train_useful_flops": model_flops(train_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                          hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
-                                          first_token_only_params=shape["first_token_only_params"]),
+        "train_useful_flops": shape_flops(train_len, shape),
         "eval_rows": len(val_df),
         "eval_accuracy": float(metrics["final_eval_accuracy"]),
         "best_eval_accuracy": float(metrics["best_eval_accuracy"]),
@@ -493,9 +494,7 @@ def budgetlora_pipeline(
         "predict_int8_in_process_samples_per_second": q_inproc,
         "predict_peak_rss_mb": child_rss_mb,
         "eval_real_tokens": sum(val_len),
-        "eval_useful_flops": model_flops(val_len, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                         hidden=shape["hidden"], training=False,
-                                         first_token_only_params=shape["first_token_only_params"]),
+        "eval_useful_flops": shape_flops(val_len, shape, training=False),
         "threads": torch.get_num_threads(),
         "peak_rss_mb": peak_rss,
         "peak_gpu_allocated_mb": peak_gpu,
@@ -774,9 +773,7 @@ def scaling_sweep(
                                      "overwrite": True})
             m = train(cfg, command="budgetlora bench --sweep")
             secs = float(m["train_runtime_s"])
-            flops = model_flops([T] * n, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
-                                hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
-                                first_token_only_params=shape["first_token_only_params"])
+            flops = shape_flops([T] * n, shape)
             row = {"seq_len": T, "rows": n, "tokens": T * n, "train_seconds": secs,
                    "samples_per_second": n / secs, "tokens_per_second": T * n / secs,
                    "useful_flops_per_second": flops / secs}

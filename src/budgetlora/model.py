@@ -127,11 +127,17 @@ def set_encoder_dropout(model: nn.Module, p: Optional[float]) -> None:
             module.dropout_prob = float(p)
 
 
-# Inside an encoder layer, the module whose output feeds the feed-forward block (and its residual):
-# `attention` (self-attention + output projection + residual LayerNorm) in BERT-style layers, the
-# LayerNorm after the residual add in DistilBERT's. Families not listed keep the plain forward pass.
-_FFN_INPUT = {"bert": "attention", "roberta": "attention", "xlm-roberta": "attention", "camembert": "attention",
-              "electra": "attention", "mpnet": "attention", "deberta-v2": "attention", "distilbert": "sa_layer_norm"}
+def _ffn_input(model_type: Optional[str]) -> Optional[str]:
+    """Inside an encoder layer of a known architecture (the budget inventory's families), the module
+    whose output feeds the feed-forward block and its residual: `attention` (self-attention, output
+    projection, residual LayerNorm) in BERT-style, MPNet and DeBERTa-v2 layers; in DistilBERT's,
+    the LayerNorm after the residual add. None for other architectures: plain forward pass."""
+    from budgetlora.budget import ANALYTIC
+
+    family = ANALYTIC.get(model_type, (None, None))[1]
+    if family is None:
+        return None
+    return "sa_layer_norm" if family == "distilbert" else "attention"
 
 
 def _first_token(module: nn.Module, args: Any, output: Any) -> Any:
@@ -151,9 +157,11 @@ def first_token_last_layer(model: nn.Module) -> bool:
     backward. A forward hook rather than a patched forward: it survives peft wrapping and LoRA
     merging and needs no copy of the architectures' code.
     """
-    name = _FFN_INPUT.get(getattr(model.config, "model_type", None))
+    name = _ffn_input(getattr(model.config, "model_type", None))
+    if name is None:
+        return False
     stacks = [m for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] == "layer"]
-    if name is None or len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], name):
+    if len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], name):
         return False
     getattr(stacks[0][-1], name).register_forward_hook(_first_token)
     return True
