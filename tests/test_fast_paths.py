@@ -238,3 +238,34 @@ def test_entry_keeps_light_commands_light(monkeypatch, restore_gc):
     monkeypatch.setattr(cli, "main", lambda argv: 0)
     assert cli.entry(["plan", "--model", "x"]) == 0
     assert calls == []
+
+
+# --- the console entry point's allocator setting --------------------------------------------
+
+
+def test_keep_freed_memory_applies_on_glibc_and_leaves_user_settings_alone(monkeypatch):
+    import platform
+    import sys
+
+    from budgetlora import cli
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert cli.keep_freed_memory() is False, "the user's own malloc settings win"
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")
+    assert cli.keep_freed_memory() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert cli.keep_freed_memory() is glibc
+
+
+def test_entry_sets_the_allocator_for_model_commands_only(monkeypatch, restore_gc):
+    from budgetlora import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append("set") or True)
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    assert cli.entry(["plan", "--model", "x"]) == 0
+    assert calls == []
+    assert cli.entry(["predict", "--run", "r"]) == 0
+    assert calls == ["set"]
