@@ -31,6 +31,11 @@ def test_model_flops_by_hand():
                        first_token_only_params=100) == 38_688 - 4 * 100 * 6
     assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, training=False,
                        first_token_only_params=100) == 18_176 - 2 * 100 * 6
+    # one of the 2 layers attends from the first query only: its attention term is c*H*t, not c*H*t^2
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, n_trainable=10,
+                       first_query_layers=1) == 38_688 - 12 * 8 * (34 - 8)
+    assert model_flops([3, 5], n_params=1000, n_layers=2, hidden=8, training=False,
+                       first_query_layers=1) == 18_176 - 4 * 8 * (34 - 8)
 
 
 def test_model_shape_counts_non_embedding_params_by_hand():
@@ -53,7 +58,7 @@ def test_model_shape_counts_non_embedding_params_by_hand():
     assert shape["lora_params"] == lora
     assert shape["trainable_non_embedding_params"] == lora + head + 2 * 2 * h  # + query/value biases
     assert (shape["layers"], shape["hidden"]) == (2, 32)
-    assert shape["first_token_only_params"] == 0  # a plain transformers model: every token runs everything
+    assert shape["first_token_only_params"] == shape["first_query_layers"] == 0  # a plain transformers model
 
 
 def test_model_shape_counts_the_first_token_only_params():
@@ -65,6 +70,9 @@ def test_model_shape_counts_the_first_token_only_params():
     for arch, ffn in (("bert", (h * i + i) + (i * h + h) + 2 * h), ("distilbert", (h * i + i) + (i * h + h) + 2 * h)):
         model = build_classifier_from_config(ModelConfig(model="tiny"), tiny_config(arch))
         assert model_shape(model)["first_token_only_params"] == ffn, arch
+        assert model_shape(model)["first_query_layers"] == 1, arch
+    mpnet = build_classifier_from_config(ModelConfig(model="tiny"), tiny_config("mpnet"))
+    assert model_shape(mpnet)["first_query_layers"] == 0  # its attention adds a position bias in its own code
 
 
 def test_bench_runs_both_pipelines_and_reports_ratios(bench_bert, tmp_path, capsys):

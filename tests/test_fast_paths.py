@@ -147,6 +147,44 @@ def test_first_token_last_layer_gives_the_same_logits_for_less_work(arch, head):
     assert _linear_rows(cut, ids, mask) < _linear_rows(plain, ids, mask), f"{arch}: no work was saved"
 
 
+def _first_query_modules(model: torch.nn.Module) -> list[str]:
+    from budgetlora.model import FIRST_QUERY_ATTENTION
+
+    return [n for n, m in model.named_modules()
+            if getattr(getattr(m, "config", None), "_attn_implementation", None) == FIRST_QUERY_ATTENTION]
+
+
+@pytest.mark.parametrize("arch,kernel", [(a, k) for a in sorted(ARCH_CONFIGS) for k in ("eager", "sdpa")
+                                         if k == "eager" or a not in ("mpnet", "deberta-v2")])  # no SDPA there
+def test_first_query_attention_in_the_last_layer_gives_the_same_logits(arch, kernel):
+    """BERT-style and DistilBERT layers compute the last layer's attention for the first query
+    only, with either kernel; the other layers, the masks and the other architectures keep theirs."""
+    settings = dict(model="tiny", attn_implementation=kernel)
+    plain = build_classifier_from_config(ModelConfig(**settings, first_token_last_layer=False), tiny_config(arch)).eval()
+    cut = build_classifier_from_config(ModelConfig(**settings), tiny_config(arch)).eval()
+    cut.load_state_dict(plain.state_dict())
+    calls = []
+    import budgetlora.model as model_module
+
+    real = model_module._first_query_attention
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(model_module.FIRST_QUERY_ATTENTION, lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    try:
+        ids, mask = _batch()
+        with torch.no_grad():
+            torch.testing.assert_close(cut(input_ids=ids, attention_mask=mask).logits,
+                                       plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+            # no padding at all: SDPA then gets no mask
+            torch.testing.assert_close(cut(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+    finally:
+        AttentionInterface.register(model_module.FIRST_QUERY_ATTENTION, real)
+    interface = arch not in ("mpnet", "deberta-v2")
+    assert (len(_first_query_modules(cut)) == 1) == interface and not _first_query_modules(plain)
+    assert len(calls) == (2 if interface else 0), "called once per forward pass, by the last layer alone"
+    assert plain.config._attn_implementation == cut.config._attn_implementation == kernel
+
+
 @pytest.mark.parametrize("arch", ["roberta", "distilbert", "deberta-v2"])
 def test_first_token_last_layer_gives_the_same_lora_gradients(arch):
     """Training through the cut layer: same loss and same gradients for every trainable tensor,
@@ -188,6 +226,7 @@ def test_first_token_last_layer_survives_lora_merging(tiny_model_dir, tiny_train
                  str(run_dir), "--epochs", "1", "--max-steps", "2", "--val-fraction", "0.2"]) == 0
     merged, _, _ = load_trained(run_dir)
     assert sum(len(m._forward_hooks) for m in merged.modules()) == 1
+    assert len(_first_query_modules(merged)) == 1
     plain, _, _ = load_trained(run_dir, settings=ModelConfig(first_token_last_layer=False))
     ids, mask = _batch()
     with torch.no_grad():

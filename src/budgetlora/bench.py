@@ -78,6 +78,7 @@ def model_flops(
     n_trainable: int = 0,
     training: bool = True,
     first_token_only_params: int = 0,
+    first_query_layers: int = 0,
 ) -> float:
     """Useful FLOPs to process rows of these real token lengths once.
 
@@ -85,7 +86,8 @@ def model_flops(
     only); attention 4*L*H*t forward per token of a row with t tokens (QK^T: 2tH, AV: 2tH per
     layer), 8*L*H*t backward. Summed over a row of t tokens the attention term is c*L*H*t^2.
     `first_token_only_params` run on one token per row (`first_token_last_layer`): the other
-    tokens do not spend their 2 (forward) or 4 (training) FLOPs per parameter there.
+    tokens do not spend their 2 (forward) or 4 (training) FLOPs per parameter there, and in
+    `first_query_layers` the attention term of a row is c*H*t (one query) instead of c*H*t^2.
     """
     tokens = sum(int(t) for t in lengths)
     squares = sum(int(t) * int(t) for t in lengths)
@@ -96,6 +98,7 @@ def model_flops(
         dense = 2 * n_params
         attn = 4 * n_layers * hidden
     skipped = (4 if training else 2) * first_token_only_params * (tokens - len(lengths))
+    skipped += attn // n_layers * first_query_layers * (squares - tokens) if n_layers else 0
     return float(dense * tokens + attn * squares - skipped)
 
 
@@ -103,13 +106,14 @@ def shape_flops(lengths: Sequence[int], shape: dict[str, int], training: bool = 
     """`model_flops` for a model described by `model_shape`."""
     return model_flops(lengths, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
                        hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
-                       training=training, first_token_only_params=shape["first_token_only_params"])
+                       training=training, first_token_only_params=shape["first_token_only_params"],
+                       first_query_layers=shape.get("first_query_layers", 0))
 
 
 def model_shape(model: Any) -> dict[str, int]:
     """N (non-embedding parameters), trainable ones, LoRA ones, those run on the first token only,
     layers and hidden size of a model."""
-    from budgetlora.model import first_token_only_params
+    from budgetlora.model import first_query_layers, first_token_only_params
 
     n_params = n_trainable = n_lora = n_embed = 0
     for name, p in model.named_parameters():
@@ -133,6 +137,7 @@ def model_shape(model: Any) -> dict[str, int]:
         "lora_params": n_lora,
         "embedding_params": n_embed,
         "first_token_only_params": first_token_only_params(model),
+        "first_query_layers": first_query_layers(model),
         "layers": int(layers),
         "hidden": int(hidden),
     }

@@ -140,6 +140,69 @@ def _ffn_input(model_type: Optional[str]) -> Optional[str]:
     return "sa_layer_norm" if family == "distilbert" else "attention"
 
 
+def _self_attention(model_type: Optional[str]) -> Optional[str]:
+    """Inside an encoder layer, the self-attention module that calls transformers' attention
+    interface with the projected queries, keys and values: BERT-style and DistilBERT layers. None
+    for MPNet and DeBERTa-v2, whose attentions add position biases in their own code."""
+    from budgetlora.budget import ANALYTIC
+
+    family = ANALYTIC.get(model_type, (None, None))[1]
+    return {"bert": "attention.self", "distilbert": "attention"}.get(family)
+
+
+# Registered with transformers' AttentionInterface; only the last layer's self-attention, given a
+# config copy naming it, dispatches here (`first_token_last_layer`).
+FIRST_QUERY_ATTENTION = "budgetlora_first_query"
+
+
+def _first_query_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: Optional[torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """The kernel the model was built with (`module._first_query_base`), for the first query only.
+
+    Every key and value is still read, so the first token's output is what the full attention
+    gives. The other positions get a copy of it, which `_first_token` cuts off after the output
+    projection: the caller reshapes to its full [batch, tokens, hidden] shape before then.
+    """
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    own_eager = sys.modules[type(module).__module__].eager_attention_forward
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(module._first_query_base, own_eager)
+    if attention_mask is not None and attention_mask.shape[-2] > 1:
+        attention_mask = attention_mask[..., :1, :]
+    out, weights = attend(module, query[:, :, :1], key, value, attention_mask, **kwargs)
+    return out.expand(query.shape[0], query.shape[2], *out.shape[2:]), weights
+
+
+def _first_query_last_layer(layer: nn.Module, model_type: Optional[str]) -> bool:
+    import copy
+    import sys
+
+    from transformers import AttentionInterface
+
+    path = _self_attention(model_type)
+    attn = layer.get_submodule(path) if path and _has_submodule(layer, path) else None
+    config = getattr(attn, "config", None)
+    base = getattr(config, "_attn_implementation", None)
+    if base not in ("eager", "sdpa") or not hasattr(sys.modules[type(attn).__module__], "eager_attention_forward"):
+        return False  # e.g. flash attention, whose batch layout this slicing does not know
+    AttentionInterface.register(FIRST_QUERY_ATTENTION, _first_query_attention)
+    # A copy, so that this module alone dispatches to it; the model's masks stay built for `base`.
+    attn.config = copy.copy(config)
+    attn.config._attn_implementation = FIRST_QUERY_ATTENTION
+    attn._first_query_base = base
+    return True
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def _first_token(module: nn.Module, args: Any, output: Any) -> Any:
     # contiguous: the feed-forward matmuls on a strided slice were measured slower than on a copy
     if isinstance(output, tuple):
@@ -156,6 +219,11 @@ def first_token_last_layer(model: nn.Module) -> bool:
     work: 8 of the layer's 12 H^2 matmul FLOPs per token, 11% of a 6-layer model's, forward and
     backward. A forward hook rather than a patched forward: it survives peft wrapping and LoRA
     merging and needs no copy of the architectures' code.
+
+    Where the layer's self-attention goes through transformers' attention interface (BERT-style
+    and DistilBERT layers, eager or SDPA kernel), that attention also computes the first query
+    alone (`_first_query_attention`): the layer's softmax(QK^T)V shrinks from tokens^2 to tokens
+    per row.
     """
     name = _ffn_input(getattr(model.config, "model_type", None))
     if name is None:
@@ -164,7 +232,15 @@ def first_token_last_layer(model: nn.Module) -> bool:
     if len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], name):
         return False
     getattr(stacks[0][-1], name).register_forward_hook(_first_token)
+    _first_query_last_layer(stacks[0][-1], model.config.model_type)
     return True
+
+
+def first_query_layers(model: nn.Module) -> int:
+    """Layers whose attention `first_token_last_layer` computes for the first query alone (0 or 1).
+    For FLOP counts."""
+    return sum(getattr(getattr(m, "config", None), "_attn_implementation", None) == FIRST_QUERY_ATTENTION
+               for m in model.modules())
 
 
 def first_token_only_params(model: nn.Module) -> int:
