@@ -1026,7 +1026,7 @@ def encode(
     if cut:
         # One batched call: the fast tokenizer encodes the whole list in Rust, off the train loop.
         # Only the ids: the collator builds the masks, and turning the tokenizer's unused masks
-        # into Python lists took a fifth of this call or more (7,600 texts: 0.63 s -> 0.42-0.57 s).
+        # into Python lists took up to a fifth of this call (7,600 texts: 0.63-0.76 s -> 0.42-0.69 s).
         ids = tokenizer(cut, truncation=True, max_length=max_length, padding=False,
                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         ids = [x if isinstance(x, list) else list(x) for x in ids]
