@@ -107,7 +107,7 @@ def shape_flops(lengths: Sequence[int], shape: dict[str, int], training: bool = 
     return model_flops(lengths, n_params=shape["non_embedding_params"], n_layers=shape["layers"],
                        hidden=shape["hidden"], n_trainable=shape["trainable_non_embedding_params"],
                        training=training, first_token_only_params=shape["first_token_only_params"],
-                       first_query_layers=shape.get("first_query_layers", 0))
+                       first_query_layers=shape["first_query_layers"])
 
 
 def model_shape(model: Any) -> dict[str, int]:

@@ -268,8 +268,8 @@ def keep_freed_memory() -> bool:
 
     By default a freed block of a few MiB goes back to the kernel (munmap, or a trim of the heap
     top), so the next batch's tensor of the same size page-faults in fresh zeroed pages: a
-    `budgetlora predict` of 7,600 texts took 420-560 thousand page faults and 1.1-1.4 s of system
-    time, against about 210 thousand and 0.8 s with this (docs/BENCHMARKS.md). The price is that
+    `budgetlora predict` of 7,600 texts took 350-763 thousand page faults and 1.1-1.8 s of system
+    time, against 201-208 thousand and 0.8-1.0 s with this (docs/BENCHMARKS.md). The price is that
     the process's memory does not shrink after its peak. Left alone where the user set glibc's
     malloc variables, and where the C library is not glibc (no `mallopt`, or not Linux).
     """

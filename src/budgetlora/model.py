@@ -14,10 +14,12 @@ adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -127,28 +129,18 @@ def set_encoder_dropout(model: nn.Module, p: Optional[float]) -> None:
             module.dropout_prob = float(p)
 
 
-def _ffn_input(model_type: Optional[str]) -> Optional[str]:
-    """Inside an encoder layer of a known architecture (the budget inventory's families), the module
-    whose output feeds the feed-forward block and its residual: `attention` (self-attention, output
-    projection, residual LayerNorm) in BERT-style, MPNet and DeBERTa-v2 layers; in DistilBERT's,
-    the LayerNorm after the residual add. None for other architectures: plain forward pass."""
-    from budgetlora.budget import ANALYTIC
-
-    family = ANALYTIC.get(model_type, (None, None))[1]
-    if family is None:
-        return None
-    return "sa_layer_norm" if family == "distilbert" else "attention"
-
-
-def _self_attention(model_type: Optional[str]) -> Optional[str]:
-    """Inside an encoder layer, the self-attention module that calls transformers' attention
-    interface with the projected queries, keys and values: BERT-style and DistilBERT layers. None
-    for MPNet and DeBERTa-v2, whose attentions add position biases in their own code."""
-    from budgetlora.budget import ANALYTIC
-
-    family = ANALYTIC.get(model_type, (None, None))[1]
-    return {"bert": "attention.self", "distilbert": "attention"}.get(family)
-
+# Inside an encoder layer of a known architecture (the budget inventory's families):
+# (the module whose output feeds the feed-forward block and its residual,
+#  the self-attention module that calls transformers' attention interface with the projected
+#  queries, keys and values). `attention` is self-attention + output projection + residual
+# LayerNorm; DistilBERT's residual LayerNorm is `sa_layer_norm`. MPNet and DeBERTa-v2 add position
+# biases in their own attention code, so they have no interface call to cut.
+_LAST_LAYER_PARTS = {
+    "bert": ("attention", "attention.self"),
+    "mpnet": ("attention", None),
+    "deberta-v2": ("attention", None),
+    "distilbert": ("sa_layer_norm", "attention"),
+}
 
 # Registered with transformers' AttentionInterface; only the last layer's self-attention, given a
 # config copy naming it, dispatches here (`first_token_last_layer`).
@@ -157,49 +149,32 @@ FIRST_QUERY_ATTENTION = "budgetlora_first_query"
 
 def _first_query_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask: Optional[torch.Tensor], **kwargs: Any) -> tuple[torch.Tensor, Any]:
-    """The kernel the model was built with (`module._first_query_base`), for the first query only.
+    """The kernel the model was built with (`module._first_query_kernel`), for the first query only.
 
     Every key and value is still read, so the first token's output is what the full attention
     gives. The other positions get a copy of it, which `_first_token` cuts off after the output
     projection: the caller reshapes to its full [batch, tokens, hidden] shape before then.
     """
-    import sys
-
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    own_eager = sys.modules[type(module).__module__].eager_attention_forward
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(module._first_query_base, own_eager)
     if attention_mask is not None and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[..., :1, :]
-    out, weights = attend(module, query[:, :, :1], key, value, attention_mask, **kwargs)
+    out, weights = module._first_query_kernel(module, query[:, :, :1], key, value, attention_mask, **kwargs)
     return out.expand(query.shape[0], query.shape[2], *out.shape[2:]), weights
 
 
-def _first_query_last_layer(layer: nn.Module, model_type: Optional[str]) -> bool:
-    import copy
-    import sys
-
+def _first_query_last_layer(attn: Optional[nn.Module]) -> bool:
     from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    path = _self_attention(model_type)
-    attn = layer.get_submodule(path) if path and _has_submodule(layer, path) else None
     config = getattr(attn, "config", None)
     base = getattr(config, "_attn_implementation", None)
-    if base not in ("eager", "sdpa") or not hasattr(sys.modules[type(attn).__module__], "eager_attention_forward"):
+    own_eager = getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None)
+    if base not in ("eager", "sdpa") or own_eager is None:
         return False  # e.g. flash attention, whose batch layout this slicing does not know
     AttentionInterface.register(FIRST_QUERY_ATTENTION, _first_query_attention)
+    attn._first_query_kernel = ALL_ATTENTION_FUNCTIONS.get_interface(base, own_eager)
     # A copy, so that this module alone dispatches to it; the model's masks stay built for `base`.
     attn.config = copy.copy(config)
     attn.config._attn_implementation = FIRST_QUERY_ATTENTION
-    attn._first_query_base = base
-    return True
-
-
-def _has_submodule(module: nn.Module, path: str) -> bool:
-    try:
-        module.get_submodule(path)
-    except AttributeError:
-        return False
     return True
 
 
@@ -225,14 +200,22 @@ def first_token_last_layer(model: nn.Module) -> bool:
     alone (`_first_query_attention`): the layer's softmax(QK^T)V shrinks from tokens^2 to tokens
     per row.
     """
-    name = _ffn_input(getattr(model.config, "model_type", None))
-    if name is None:
+    from budgetlora.budget import ANALYTIC
+
+    family = ANALYTIC.get(getattr(model.config, "model_type", None), (None, None))[1]
+    if family is None:
         return False
+    ffn_input, self_attention = _LAST_LAYER_PARTS[family]
     stacks = [m for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] == "layer"]
-    if len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], name):
+    if len(stacks) != 1 or not len(stacks[0]) or not hasattr(stacks[0][-1], ffn_input):
         return False
-    getattr(stacks[0][-1], name).register_forward_hook(_first_token)
-    _first_query_last_layer(stacks[0][-1], model.config.model_type)
+    last = stacks[0][-1]
+    getattr(last, ffn_input).register_forward_hook(_first_token)
+    if self_attention is not None:
+        try:
+            _first_query_last_layer(last.get_submodule(self_attention))
+        except AttributeError:  # a layer laid out otherwise: the feed-forward cut alone
+            pass
     return True
 
 
