@@ -15,6 +15,7 @@ that was in the output folder before is changed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -605,6 +606,20 @@ def test_argparse_mistakes_are_one_line(capsys):
         assert e.value.code == 2
         line = _error_line(capsys)
         assert re.search(pattern, line), line
+
+
+def test_every_command_prints_its_help(capsys):
+    """argparse %-formats help texts; a config field's help with a bare '%' broke `train --help`."""
+    from budgetlora.cli import build_parser
+
+    commands = [name for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices]
+    assert "train" in commands and "predict" in commands
+    for command in [[]] + [[c] for c in commands]:
+        with pytest.raises(SystemExit) as e:
+            main([*command, "--help"])
+        assert e.value.code == 0, command
+        assert capsys.readouterr().out.startswith("usage: budgetlora"), command
 
 
 def test_bad_recipes(tmp_path, refused):

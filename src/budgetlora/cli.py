@@ -50,7 +50,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group = groups[section] = parser.add_argument_group(f"{section or 'run'} settings")
         flag = "--" + name.replace("_", "-")
         tp = field_type(name)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help text
         if tp is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
