@@ -3,6 +3,8 @@ layer (issue #4)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -14,7 +16,10 @@ from budgetlora.model import (
     build_classifier,
     build_classifier_from_config,
     resolve_attn_implementation,
+    PackedLinear,
     load_trained,
+    pack_linear_layers,
+    packed_linear_available,
     set_encoder_dropout,
 )
 from tiny import ARCH_CONFIGS, tiny_config
@@ -232,6 +237,83 @@ def test_first_token_last_layer_survives_lora_merging(tiny_model_dir, tiny_train
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids, attention_mask=mask).logits,
                                    plain(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+
+
+# --- packed linear layers for bf16 CPU inference ----------------------------------------------
+
+requires_onednn = pytest.mark.skipif(not packed_linear_available(), reason="this PyTorch build has no oneDNN linear ops")
+
+
+def _loud(model: torch.nn.Module) -> torch.nn.Module:
+    """Linear weights large enough that the logits are O(1), so a wrong kernel cannot hide in them."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / m.in_features ** 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def _logit_error(model: torch.nn.Module, reference: torch.nn.Module) -> float:
+    ids, mask = _batch()
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask).logits.float()
+        ref = reference(input_ids=ids, attention_mask=mask).logits.float()
+    assert ref.abs().max() > 0.5, "logits this small would hide a wrong kernel"
+    return (out - ref).abs().max().item()
+
+
+@requires_onednn
+@pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
+@pytest.mark.parametrize("head", ["default", "linear"])
+def test_packed_linear_layers_compute_what_the_plain_ones_do(arch, head):
+    """Every Linear swapped, each layer's feed-forward GELU fused into its matmul; the logits stay
+    as close to fp32 as the plain bf16 model's."""
+    fp32 = _loud(build_classifier_from_config(ModelConfig(model="tiny", head=head), tiny_config(arch)))
+    plain = copy.deepcopy(fp32).to(torch.bfloat16)
+    packed = copy.deepcopy(plain)
+    linears = sum(type(m) is torch.nn.Linear for m in plain.modules())
+    assert pack_linear_layers(packed) == linears
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    assert sum(m.post_op == "gelu" for m in packed.modules() if isinstance(m, PackedLinear)) == 2  # one per layer
+    plain_error = _logit_error(plain, fp32)
+    assert _logit_error(packed, fp32) <= 2 * plain_error + 1e-2, arch
+
+
+@requires_onednn
+@pytest.mark.parametrize("act,fused", [("gelu", "gelu"), ("gelu_pytorch_tanh", "gelu"), ("relu", None), ("gelu_new", None)])
+def test_packed_linear_layers_fuse_only_activations_onednn_computes_alike(act, fused):
+    fp32 = _loud(build_classifier_from_config(ModelConfig(model="tiny"), tiny_config("bert", hidden_act=act)))
+    plain = copy.deepcopy(fp32).to(torch.bfloat16)
+    packed = copy.deepcopy(plain)
+    pack_linear_layers(packed)
+    intermediates = [m for n, m in packed.named_modules() if n.endswith("intermediate")]
+    assert [m.dense.post_op for m in intermediates] == [fused or "none"] * 2
+    assert all(isinstance(m.intermediate_act_fn, torch.nn.Identity) == bool(fused) for m in intermediates)
+    assert _logit_error(packed, fp32) <= 2 * _logit_error(plain, fp32) + 1e-2
+
+
+def test_packed_linear_layers_leave_an_fp32_model_alone():
+    model = build_classifier_from_config(ModelConfig(model="tiny"), tiny_config("roberta")).eval()
+    assert pack_linear_layers(model) == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+@requires_onednn
+def test_a_bf16_run_is_served_with_packed_linear_layers_unless_turned_off(tiny_model_dir, tiny_train_csv, tmp_path):
+    from budgetlora.evaluate import LoadedRun
+
+    runs = {}
+    for packed in (True, False):
+        runs[packed] = tmp_path / f"run-{packed}"
+        assert main(["train", "--model", str(tiny_model_dir), "--train-file", str(tiny_train_csv), "--output-dir",
+                     str(runs[packed]), "--epochs", "1", "--max-steps", "2", "--val-fraction", "0.2",
+                     "--precision", "bf16", "--packed-cpu-linear" if packed else "--no-packed-cpu-linear"]) == 0
+    served = {packed: LoadedRun(run_dir) for packed, run_dir in runs.items()}
+    assert all(run.precision == "bf16" for run in served.values())
+    assert any(isinstance(m, PackedLinear) for m in served[True].model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in served[False].model.modules())
 
 
 # --- the console entry point's garbage-collector settings -------------------------------------

@@ -78,12 +78,13 @@ def make_tokenizer(out_dir: Path):
     return fast
 
 
-def tiny_config(arch: str = "roberta", vocab_size: int = 200, pad_token_id: int = 0, num_labels: int = 4, initializer_range: float = 0.02):
+def tiny_config(arch: str = "roberta", vocab_size: int = 200, pad_token_id: int = 0, num_labels: int = 4,
+                initializer_range: float = 0.02, **overrides):
     import transformers
 
     cls_name, extra = ARCH_CONFIGS[arch]
     cls = getattr(transformers, cls_name)
-    common = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=pad_token_id)
+    common = dict(vocab_size=vocab_size, num_labels=num_labels, pad_token_id=pad_token_id, **overrides)
     if arch == "distilbert":
         return cls(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common, **extra)
     return cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **common, **extra)

@@ -80,6 +80,13 @@ class ModelConfig:
         "the attention's (docs/BENCHMARKS.md). Off: the plain forward pass.",
         default=True,
     )
+    packed_cpu_linear: bool = _help(
+        "When a finished run is served in bf16 on a CPU (predict, evaluate), run the merged model's "
+        "linear layers as oneDNN matmuls on weights packed once into the kernel's layout, with the "
+        "bias and the feed-forward GELU applied inside the matmul. Same predictions up to bf16 "
+        "rounding (docs/BENCHMARKS.md). Off: PyTorch's plain nn.Linear.",
+        default=True,
+    )
     trust_remote_code: bool = _help(
         "Run code shipped with the model. Off unless you trust the model's authors.", default=False
     )

@@ -105,7 +105,7 @@ class LoadedRun:
     def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
         from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
-        from budgetlora.model import load_trained
+        from budgetlora.model import load_trained, pack_linear_layers
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "adapter").is_dir():
@@ -127,6 +127,8 @@ class LoadedRun:
             # autocast re-cast every weight on every batch (half the memory, no per-batch casts).
             self.model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
         self.model.to(self.device)
+        if self.cfg is None or self.cfg.model.packed_cpu_linear:
+            pack_linear_layers(self.model)  # a no-op unless the model is now bf16 on a CPU
         self.label_names: list[str] = list(self.meta["label_names"])
         self.max_length = int(self.meta.get("max_length", 128))
         self.eval_batch_size = (self.cfg.train if self.cfg else TrainConfig()).eval_batch_size
