@@ -286,6 +286,15 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.post_op, [], self.algorithm)
 
+    def __deepcopy__(self, memo: dict) -> "PackedLinear":
+        # oneDNN's opaque tensor has no storage to copy: repack a dense copy of the weight
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="cpu", dtype=torch.bfloat16)
+        with torch.no_grad():
+            dense.weight.copy_(self.packed_weight.to_dense())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return PackedLinear(dense, (self.post_op, self.algorithm))
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, post_op={self.post_op}"
 
