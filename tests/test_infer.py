@@ -80,3 +80,70 @@ def test_predict_one_text(tiny_run, capsys):
 def test_not_a_run_folder(tmp_path, capsys):
     assert main(["predict", "--run", str(tmp_path), "--text", "x"]) == 2
     assert "adapter" in capsys.readouterr().err
+
+
+# --- two inference streams on a CPU -----------------------------------------------------------
+
+
+@pytest.fixture
+def two_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_classifier():
+    import torch
+
+    from budgetlora.config import ModelConfig
+    from budgetlora.model import build_classifier_from_config
+    from tiny import tiny_config
+
+    torch.manual_seed(0)
+    return build_classifier_from_config(ModelConfig(model="tiny"), tiny_config("roberta")).eval()
+
+
+def _rows(n: int = 45) -> list[list[int]]:
+    import random
+
+    rng = random.Random(0)
+    return [[1] + [rng.randrange(5, 100) for _ in range(rng.randrange(2, 30))] for _ in range(n)]
+
+
+def test_two_streams_give_one_streams_logits_in_input_order(two_torch_threads, monkeypatch):
+    import torch
+
+    import budgetlora.evaluate as ev
+    from budgetlora.data import Collator
+
+    model, rows, cpu = _tiny_classifier(), _rows(), torch.device("cpu")
+    assert ev.inference_streams(cpu) == 2
+    two = ev.predict_logits(model, rows, 4, Collator(0), cpu, "fp32")
+    assert torch.get_num_threads() == 2, "the caller's thread setting is restored"
+    monkeypatch.setattr(ev, "inference_streams", lambda device: 1)
+    one = ev.predict_logits(model, rows, 4, Collator(0), cpu, "fp32")
+    alone = torch.cat([ev.predict_logits(model, [r], 1, Collator(0), cpu, "fp32") for r in rows])
+    torch.testing.assert_close(two, one, atol=0, rtol=0)
+    torch.testing.assert_close(two, alone, atol=1e-5, rtol=1e-4)  # row i's logits in row i
+
+
+def test_an_error_in_a_stream_reaches_the_caller(two_torch_threads):
+    import torch
+
+    import budgetlora.evaluate as ev
+    from budgetlora.data import Collator
+
+    model, calls = _tiny_classifier(), []
+
+    def fail_on_third(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom in a worker")
+
+    model.register_forward_pre_hook(fail_on_third, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="boom in a worker"):
+        ev.predict_logits(model, _rows(), 4, Collator(0), torch.device("cpu"), "fp32")
+    assert torch.get_num_threads() == 2

@@ -26,6 +26,14 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def inference_streams(device: torch.device) -> int:
+    """How many Python threads run inference batches side by side: two on a CPU with two or more
+    torch threads, each thread then on half of them; one elsewhere. Why: small matmuls and the
+    element-wise kernels in between split poorly across cores, so two batches at once, each on its
+    own core, beat one batch on both (docs/BENCHMARKS.md, two inference threads)."""
+    return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+
+
 @torch.inference_mode()
 def predict_logits(
     model: torch.nn.Module,
@@ -37,6 +45,8 @@ def predict_logits(
     progress: bool = False,
 ) -> torch.Tensor:
     """Logits [N, num_labels] in fp32, in the order of `input_ids`."""
+    import threading
+
     from tqdm.auto import tqdm
 
     from budgetlora.data import sorted_batches
@@ -44,20 +54,48 @@ def predict_logits(
     was_training = model.training
     model.eval()
     lengths = [len(x) for x in input_ids]
-    out: Optional[torch.Tensor] = None
     batches = sorted_batches(lengths, batch_size)
-    for idx in tqdm(batches, desc="predict", unit="batch", disable=not progress or None, leave=False):
-        batch = collate([{"input_ids": input_ids[i]} for i in idx])
-        batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-        with autocast(device, precision):
-            logits = model(**batch).logits.float()
-        if out is None:
-            out = torch.empty(len(input_ids), logits.shape[-1], dtype=torch.float32)
-        out[torch.as_tensor(idx)] = logits.cpu()
+    results: dict[int, torch.Tensor] = {}
+    bar = tqdm(total=len(batches), desc="predict", unit="batch", disable=not progress or None, leave=False)
+    streams = min(inference_streams(device), len(batches))
+    threads = torch.get_num_threads()
+    errors: list[BaseException] = []
+
+    def work(stream: int) -> None:
+        try:
+            if streams > 1:
+                torch.set_num_threads(threads // streams)  # this thread's own setting
+            with torch.inference_mode():  # grad mode is per thread
+                for b in range(stream, len(batches), streams):  # longest and shortest batches alike
+                    batch = collate([{"input_ids": input_ids[i]} for i in batches[b]])
+                    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                    with autocast(device, precision):
+                        results[b] = model(**batch).logits.float().cpu()
+                    bar.update()
+                    if errors:
+                        return
+        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(err)
+
+    if streams > 1:
+        workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(streams)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        torch.set_num_threads(threads)
+    else:
+        work(0)
+    bar.close()
     if was_training:
         model.train()
-    if out is None:
+    if errors:
+        raise errors[0]
+    if not results:
         raise ValueError("no rows to predict")
+    out = torch.empty(len(input_ids), results[0].shape[-1], dtype=torch.float32)
+    for b, logits in results.items():
+        out[torch.as_tensor(batches[b])] = logits
     return out
 
 
