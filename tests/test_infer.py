@@ -147,3 +147,13 @@ def test_an_error_in_a_stream_reaches_the_caller(two_torch_threads):
     with pytest.raises(RuntimeError, match="boom in a worker"):
         ev.predict_logits(model, _rows(), 4, Collator(0), torch.device("cpu"), "fp32")
     assert torch.get_num_threads() == 2
+
+
+def test_no_rows_is_a_clear_error(two_torch_threads):
+    import torch
+
+    import budgetlora.evaluate as ev
+    from budgetlora.data import Collator
+
+    with pytest.raises(ValueError, match="no rows to predict"):
+        ev.predict_logits(_tiny_classifier(), [], 4, Collator(0), torch.device("cpu"), "fp32")

@@ -57,7 +57,7 @@ def predict_logits(
     batches = sorted_batches(lengths, batch_size)
     results: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(batches), desc="predict", unit="batch", disable=not progress or None, leave=False)
-    streams = min(inference_streams(device), len(batches))
+    streams = max(1, min(inference_streams(device), len(batches)))
     threads = torch.get_num_threads()
     errors: list[BaseException] = []
 
