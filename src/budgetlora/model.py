@@ -15,6 +15,7 @@ adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -245,8 +246,6 @@ _FFN_PAIRS = (("dense", "intermediate_act_fn"), ("lin1", "activation"))
 
 def _fusable_activation(act: nn.Module) -> Optional[tuple[str, str]]:
     """oneDNN's (post-op, algorithm) computing the same function as `act`, or None."""
-    import functools
-
     from transformers.activations import GELUActivation, GELUTanh
 
     fn = getattr(act, "act", None)
@@ -272,9 +271,9 @@ class PackedLinear(nn.Module):
 
     `nn.Linear` in bf16 runs on the weight's plain layout and writes the bias into its output in a
     pass of its own (a copy the size of the output: 7% of the prediction loop in the profile), and
-    the activation then reads and writes the output once more. The packed
-    weight is oneDNN's opaque tensor: not a Parameter, not in the state dict, not moved or cast by
-    `.to()`; so this is for a merged model that is only run, never trained or saved.
+    the activation then reads and writes the output once more. The packed weight is oneDNN's opaque
+    tensor: not a Parameter, not in the state dict, not moved or cast by `.to()`; so this is for a
+    merged model that is only run, never trained or saved.
     """
 
     def __init__(self, linear: nn.Linear, activation: tuple[str, str] = ("none", ""), rows_hint: int = 4096):
@@ -288,8 +287,10 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.post_op, [], self.algorithm)
 
     def __deepcopy__(self, memo: dict) -> "PackedLinear":
-        # oneDNN's opaque tensor has no storage to copy: repack a dense copy of the weight
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="cpu", dtype=torch.bfloat16)
+        # oneDNN's opaque tensor has no storage to copy: repack a dense copy of the weight (into a
+        # layer left uninitialised, since every value is overwritten)
+        dense = torch.nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
+                                         device="cpu", dtype=torch.bfloat16)
         with torch.no_grad():
             dense.weight.copy_(self.packed_weight.to_dense())
             if self.bias is not None:
