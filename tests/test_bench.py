@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from budgetlora.bench import model_flops, model_shape
+from budgetlora.bench import combine_pairs, model_flops, model_shape
 from budgetlora.cli import main
 from tiny import make_tiny_model, write_agnews_csv
 
@@ -107,6 +107,52 @@ def test_bench_runs_both_pipelines_and_reports_ratios(bench_bert, tmp_path, caps
     assert rep["command"].startswith("budgetlora bench --model")
 
 
+def test_bench_repeats_alternate_the_order_and_report_the_paired_medians(bench_bert, tmp_path, capsys):
+    data = write_agnews_csv(tmp_path / "train.csv", 200, seed=1)
+    out = tmp_path / "bench"
+    rc = main(["bench", "--model", str(bench_bert), "--train-file", str(data), "--samples", "32",
+               "--eval-rows", "16", "--matmul-size", "128", "--output-dir", str(out), "--repeats", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "repeat 1 (reference first)" in text and "repeat 2 (budgetlora first)" in text
+    rep = json.loads((out / "bench.json").read_text())
+    assert rep["repeats"] == 2 and [p["order"][0] for p in rep["pairs"]] == ["reference", "budgetlora"]
+    for k in (1, 2):  # each repeat's full results in its own folder
+        assert (out / f"repeat-{k}" / "reference-result.json").is_file()
+        assert (out / f"repeat-{k}" / "budgetlora-run" / "config.yaml").is_file()
+    paired = [p["budgetlora"]["train_samples_per_second"] / p["reference"]["train_samples_per_second"] for p in rep["pairs"]]
+    assert rep["ratios"]["train_samples_per_second"] == pytest.approx(sum(paired) / 2)  # median of two
+    assert rep["budgetlora"]["train_samples"] == 32  # counts stay counts
+
+
+def test_combine_pairs_takes_medians_and_keeps_what_does_not_vary():
+    def pair(rate_a, rate_b, gpu=None):
+        a = {"train_samples_per_second": rate_a, "train_samples": 64, "precision": "fp32", "under_budget": True}
+        b = {"train_samples_per_second": rate_b, "train_samples": 64, "precision": "bf16", "under_budget": True}
+        return {"reference": a, "budgetlora": b,
+                "ratios": {"train_samples_per_second": rate_b / rate_a, "peak_gpu_allocated": gpu}}
+
+    one = pair(10.0, 90.0)
+    assert combine_pairs([one]) == (one["reference"], one["budgetlora"], one["ratios"])
+    a, b, ratios = combine_pairs([pair(10.0, 90.0), pair(20.0, 100.0, gpu=1.0), pair(12.0, 120.0)])
+    assert a["train_samples_per_second"] == 12.0 and b["train_samples_per_second"] == 100.0
+    # the median of the paired ratios (9, 5, 10), not the ratio of the medians (100 / 12)
+    assert ratios["train_samples_per_second"] == 9.0
+    assert ratios["peak_gpu_allocated"] is None  # not every pair has one
+    assert (a["train_samples"], type(a["train_samples"]), a["precision"], b["under_budget"]) == (64, int, "fp32", True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--repeats", "2", "--sweep"], "--repeats is for the side-by-side run"),
+])
+def test_bench_refuses_bad_repeats(bench_bert, tmp_path, capsys, args, message):
+    data = write_agnews_csv(tmp_path / "train.csv", 50, seed=1)
+    assert main(["bench", "--model", str(bench_bert), "--train-file", str(data), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_sweep_writes_plot_and_table(bench_bert, tmp_path, capsys):
     out = tmp_path / "sweep"
     rc = main(["bench", "--model", str(bench_bert), "--sweep", "--sweep-lengths", "16,32", "--sweep-rows", "32",
@@ -122,3 +168,14 @@ def test_bench_sweep_writes_plot_and_table(bench_bert, tmp_path, capsys):
 def test_bench_needs_a_train_file(bench_bert, capsys):
     assert main(["bench", "--model", str(bench_bert)]) == 2
     assert "--train-file" in capsys.readouterr().err
+
+
+def test_timed_commands_get_the_environment_the_bench_started_with(monkeypatch):
+    # train() sets TOKENIZERS_PARALLELISM=false in the worker; the timed `budgetlora predict` must
+    # still tokenize as it does from the user's shell
+    import budgetlora.bench as bench
+
+    monkeypatch.setattr(bench, "_START_ENV", {"PATH": "/usr/bin"})
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    env = bench._child_env()
+    assert "TOKENIZERS_PARALLELISM" not in env and env["PATH"] == "/usr/bin"

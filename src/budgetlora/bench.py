@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -567,10 +568,15 @@ def _tail(path: Path, n: int = 600) -> str:
     return " ".join(text[-n:].split()) or "(no output)"
 
 
+# The environment this process started with: `budgetlora.train.train()` sets
+# TOKENIZERS_PARALLELISM=false in the worker's own environment, which a user's shell does not have.
+_START_ENV = dict(os.environ)
+
+
 def _child_env() -> dict[str, str]:
-    # The user's environment as it is (TOKENIZERS_PARALLELISM included: the timed `budgetlora
+    # The user's environment as it was (TOKENIZERS_PARALLELISM included: the timed `budgetlora
     # predict` must tokenize as it does for them), with unbuffered output for the logs.
-    env = dict(os.environ)
+    env = dict(_START_ENV)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -615,6 +621,55 @@ def _ratio(b: Optional[float], a: Optional[float]) -> Optional[float]:
     return b / a if a and b is not None else None
 
 
+# Each pair's own figures, kept in the report beside the medians.
+PAIR_FIGURES = ("train_samples_per_second", "train_runtime_s", "eval_samples_per_second", "eval_runtime_s",
+                "eval_accuracy", "peak_rss_mb")
+
+
+def _add_rates(r: dict[str, Any], peaks: dict[str, Any]) -> None:
+    r["train_useful_flops_per_second"] = r["train_useful_flops"] / r["train_runtime_s"]
+    r["eval_useful_flops_per_second"] = r["eval_useful_flops"] / r["eval_runtime_s"]
+    for what in ("train", "eval"):
+        for dt in ("bf16", "fp32"):
+            r[f"{what}_share_of_{dt}_peak"] = _share(r[f"{what}_useful_flops_per_second"], peaks[f"{dt}_flops_per_second"])
+
+
+def pair_ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Optional[float]]:
+    """(b)/(a) for the figures the targets and the table use, and the accuracy difference."""
+    return {
+        "train_samples_per_second": _ratio(b["train_samples_per_second"], a["train_samples_per_second"]),
+        "train_tokens_per_second": _ratio(b["train_tokens_per_second"], a["train_tokens_per_second"]),
+        "train_useful_flops_per_second": _ratio(b["train_useful_flops_per_second"], a["train_useful_flops_per_second"]),
+        "eval_samples_per_second": _ratio(b["eval_samples_per_second"], a["eval_samples_per_second"]),
+        "peak_rss": _ratio(b["peak_rss_mb"], a["peak_rss_mb"]),
+        "peak_gpu_allocated": _ratio(b.get("peak_gpu_allocated_mb"), a.get("peak_gpu_allocated_mb")),
+        "eval_accuracy_difference": b["eval_accuracy"] - a["eval_accuracy"],
+    }
+
+
+def _median_or_first(values: list[Any]) -> Any:
+    # Figures that differ between repeats (rates, times, memory) take their median; the rest
+    # (settings, counts, accuracies of a seeded run) are the same in every repeat and stay as they are.
+    if all(v == values[0] for v in values):
+        return values[0]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median(values)
+    return values[0]
+
+
+def combine_pairs(pairs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(reference, budgetlora, ratios) over the repeats: one pair as it is; several, per-field
+    medians of each pipeline and the medians of the paired ratios (None where any pair has none)."""
+    if len(pairs) == 1:
+        return pairs[0]["reference"], pairs[0]["budgetlora"], pairs[0]["ratios"]
+    a, b = ({k: _median_or_first([p[name].get(k) for p in pairs]) for k in pairs[0][name]} for name in PIPELINES)
+    ratios = {}
+    for k in pairs[0]["ratios"]:
+        values = [p["ratios"][k] for p in pairs]
+        ratios[k] = None if any(v is None for v in values) else statistics.median(values)
+    return a, b, ratios
+
+
 def measure_peaks(n: int = 2048) -> dict[str, Any]:
     import torch
 
@@ -636,14 +691,25 @@ def run_bench(
     seed: int = 42,
     out_dir: Optional[PathLike] = None,
     matmul_n: int = 2048,
+    repeats: int = 1,
     command: Optional[str] = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Both pipelines, one after the other in their own processes, and the ratios (b)/(a)."""
+    """Both pipelines, one after the other in their own processes, and the ratios (b)/(a).
+
+    With `repeats` > 1 the pair runs that many times, the order alternating (reference first, then
+    budgetlora first, ...). Each repeat's ratios compare two runs next to each other in time; the
+    reported ratios are the medians of those paired ratios, and each pipeline's figures the medians
+    over the repeats. On a shared machine whose speed drifts between the minutes of one pipeline
+    and the next, one pair can land on either side of a target by load alone; every repeat is kept
+    in the report (`pairs`) and its full results in `repeat-K/` of the output folder.
+    """
     import peft
     import torch
     import transformers
 
+    if repeats < 1:
+        raise UserError("bench: --repeats must be >= 1")
     say = progress or (lambda msg: None)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="budgetlora-bench-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -654,27 +720,23 @@ def run_bench(
     say(f"measuring the bf16 and fp32 matmul peaks (n={matmul_n})")
     peaks = measure_peaks(matmul_n)
     spec = {"model": str(model), "train_file": str(train_csv), "eval_file": str(val_csv), "samples": samples,
-            "eval_rows": eval_rows, "seed": seed, "out_dir": str(out)}
-    results: dict[str, dict[str, Any]] = {}
-    for name in PIPELINES:
-        say(f"running the {name} pipeline (log: {out / (name + '.log')})")
-        results[name] = run_pipeline_in_subprocess(name, spec, out)
-    for r in results.values():
-        r["train_useful_flops_per_second"] = r["train_useful_flops"] / r["train_runtime_s"]
-        r["eval_useful_flops_per_second"] = r["eval_useful_flops"] / r["eval_runtime_s"]
-        for what in ("train", "eval"):
-            for dt in ("bf16", "fp32"):
-                r[f"{what}_share_of_{dt}_peak"] = _share(r[f"{what}_useful_flops_per_second"], peaks[f"{dt}_flops_per_second"])
-    a, b = results["reference"], results["budgetlora"]
-    ratios = {
-        "train_samples_per_second": _ratio(b["train_samples_per_second"], a["train_samples_per_second"]),
-        "train_tokens_per_second": _ratio(b["train_tokens_per_second"], a["train_tokens_per_second"]),
-        "train_useful_flops_per_second": _ratio(b["train_useful_flops_per_second"], a["train_useful_flops_per_second"]),
-        "eval_samples_per_second": _ratio(b["eval_samples_per_second"], a["eval_samples_per_second"]),
-        "peak_rss": _ratio(b["peak_rss_mb"], a["peak_rss_mb"]),
-        "peak_gpu_allocated": _ratio(b.get("peak_gpu_allocated_mb"), a.get("peak_gpu_allocated_mb")),
-        "eval_accuracy_difference": b["eval_accuracy"] - a["eval_accuracy"],
-    }
+            "eval_rows": eval_rows, "seed": seed}
+    pairs = []
+    for k in range(repeats):
+        order = PIPELINES if k % 2 == 0 else PIPELINES[::-1]
+        pair_dir = out if repeats == 1 else out / f"repeat-{k + 1}"
+        pair_dir.mkdir(parents=True, exist_ok=True)
+        results: dict[str, dict[str, Any]] = {}
+        for name in order:
+            say(f"{f'repeat {k + 1}/{repeats}: ' if repeats > 1 else ''}running the {name} pipeline "
+                f"(log: {pair_dir / (name + '.log')})")
+            results[name] = run_pipeline_in_subprocess(name, {**spec, "out_dir": str(pair_dir)}, pair_dir)
+        for r in results.values():
+            _add_rates(r, peaks)
+        a, b = results["reference"], results["budgetlora"]
+        pairs.append({"order": list(order), "output_dir": str(pair_dir), "reference": a, "budgetlora": b,
+                      "ratios": pair_ratios(a, b)})
+    a, b, ratios = combine_pairs(pairs)
     targets = {
         "train_samples_per_second_ratio_at_least_8": bool(ratios["train_samples_per_second"] and ratios["train_samples_per_second"] >= 8),
         "predict_vs_reference_eval_ratio_at_least_6": bool(ratios["eval_samples_per_second"] and ratios["eval_samples_per_second"] >= 6),
@@ -705,6 +767,11 @@ def run_bench(
         "budgetlora": b,
         "ratios": ratios,
         "targets": targets,
+        "repeats": repeats,
+        "ratios_are": "the one pair's" if repeats == 1 else
+                      f"medians of the {repeats} paired ratios; each pipeline's figures are medians over the repeats",
+        "pairs": [{"order": p["order"], "output_dir": p["output_dir"], "ratios": p["ratios"],
+                   **{name: {k: p[name][k] for k in PAIR_FIGURES} for name in PIPELINES}} for p in pairs],
         "output_dir": str(out),
     }
     (out / "bench.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -875,8 +942,20 @@ def format_report(rep: dict[str, Any]) -> str:
            f"model {rep['model']}; {rep['samples']} training rows, {rep['eval_rows']} validation rows, seed {rep['seed']}",
            f"matmul peak (n={rep['peaks']['matmul_n']}): bf16 {rep['peaks']['bf16_flops_per_second'] / 1e9:.0f} GFLOP/s, "
            f"fp32 {rep['peaks']['fp32_flops_per_second'] / 1e9:.0f} GFLOP/s",
-           "",
-           f"{'':<{w}}  {'(a) reference':>15}  {'(b) budgetlora':>15}  {'(b)/(a)':>8}"]
+           ""]
+    pairs = rep.get("pairs", [])
+    if len(pairs) > 1:
+        out.append(f"{len(pairs)} paired repeats, the order alternating; the table: {rep['ratios_are']}")
+        for k, p in enumerate(pairs, 1):
+            pr = p["ratios"]
+            out.append(f"  repeat {k} ({p['order'][0]} first): train {_fmt(pr['train_samples_per_second'], '.2f')}x, "
+                       f"eval {_fmt(pr['eval_samples_per_second'], '.2f')}x "
+                       f"(train {_fmt(p['reference']['train_samples_per_second'], '.2f')} -> "
+                       f"{_fmt(p['budgetlora']['train_samples_per_second'], '.2f')} samples/s, "
+                       f"eval {_fmt(p['reference']['eval_samples_per_second'], '.1f')} -> "
+                       f"{_fmt(p['budgetlora']['eval_samples_per_second'], '.1f')} samples/s)")
+        out.append("")
+    out.append(f"{'':<{w}}  {'(a) reference':>15}  {'(b) budgetlora':>15}  {'(b)/(a)':>8}")
     for name, va, vb, ratio, spec in rows:
         out.append(f"{name:<{w}}  {_fmt(va, spec):>15}  {_fmt(vb, spec):>15}  {_fmt(ratio, '.2f') + ('x' if ratio else ''):>8}")
     out += ["",
@@ -901,6 +980,7 @@ def bench_command(
     sweep_lengths: Sequence[int] = (32, 64, 128, 256),
     sweep_rows: Sequence[int] = (256, 512, 1024),
     matmul_n: int = 2048,
+    repeats: int = 1,
     argv: Sequence[str] = (),
 ) -> str:
     import shlex
@@ -909,6 +989,8 @@ def bench_command(
         print(f"bench: {msg}", file=sys.stderr, flush=True)
 
     command = "budgetlora " + shlex.join(list(argv)) if argv else None
+    if sweep and repeats != 1:
+        raise UserError("bench: --repeats is for the side-by-side run, not --sweep")
     if sweep:
         out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="budgetlora-sweep-"))
         say(f"measuring the bf16 and fp32 matmul peaks (n={matmul_n})")
@@ -926,7 +1008,7 @@ def bench_command(
     if not train_file:
         raise UserError("bench: give --train-file FILE (or --sweep for the scaling sweep)")
     rep = run_bench(model, train_file, samples=samples, eval_rows=eval_rows, seed=seed, out_dir=output_dir,
-                    matmul_n=matmul_n, command=command, progress=say)
+                    matmul_n=matmul_n, repeats=repeats, command=command, progress=say)
     return json.dumps(rep, indent=2) if as_json else format_report(rep)
 
 

@@ -127,7 +127,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     print(bench_command(
         ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
         output_dir=ns.output_dir, as_json=ns.json, sweep=ns.sweep, sweep_lengths=ns.sweep_lengths,
-        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, argv=ns._argv,
+        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, argv=ns._argv,
     ))
     return 0
 
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=42, metavar="N")
     b.add_argument("--output-dir", metavar="DIR", help="Where carved rows, runs, logs and bench.json go (default: a new temp folder).")
     b.add_argument("--json", action="store_true", help="Print the full results as JSON.")
+    b.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="Run the pair N times, the order alternating; report the medians of the paired ratios (for a machine whose speed drifts).")
     b.add_argument("--sweep", action="store_true", help="Instead: time budgetlora's training loop over sequence lengths and row counts, with a plot.")
     b.add_argument("--sweep-lengths", type=_int_list, default=[32, 64, 128, 256], metavar="T,T,...", help="Sequence lengths of the sweep.")
     b.add_argument("--sweep-rows", type=_int_list, default=[256, 512, 1024], metavar="N,N,...", help="Row counts of the sweep.")
