@@ -291,27 +291,34 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def entry(argv: Optional[Sequence[str]] = None) -> int:
-    """The `budgetlora` console command: `main` plus memory-allocator (`keep_freed_memory`) and
-    garbage-collector settings for the whole process, which a library call must not make.
+def console_process_setup() -> None:
+    """The process-wide settings the `budgetlora` console command makes before a model command:
+    the memory allocator's (`keep_freed_memory`) and the garbage collector's, which a library call
+    must not make on its own.
 
     Importing torch, transformers and peft allocates a few hundred thousand objects and no garbage,
     yet the cyclic collector walks them again and again while they load (~1 s) and once more while
     the interpreter shuts down (~1.2 s): a tenth of a `budgetlora predict` of 7,600 texts on a
     2-core CPU (docs/BENCHMARKS.md). So no collection during those imports, and the objects that
-    exist once they are done, and again at exit, are moved out of the collector's sight
-    (`gc.freeze`); every object made afterwards is collected as usual.
+    exist once they are done are moved out of the collector's sight (`gc.freeze`); every object
+    made afterwards is collected as usual.
     """
+    keep_freed_memory()
+    gc.disable()
+    try:
+        import peft  # noqa: F401  (pulls in torch and transformers)
+        import transformers.modeling_utils  # noqa: F401
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def entry(argv: Optional[Sequence[str]] = None) -> int:
+    """The `budgetlora` console command: `main`, after `console_process_setup` for the model
+    commands; at exit the objects left are frozen too, so the interpreter's shutdown does not walk them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in MODEL_COMMANDS:
-        keep_freed_memory()
-        gc.disable()
-        try:
-            import peft  # noqa: F401  (pulls in torch and transformers)
-            import transformers.modeling_utils  # noqa: F401
-        finally:
-            gc.freeze()
-            gc.enable()
+        console_process_setup()
     try:
         return main(argv)
     finally:
