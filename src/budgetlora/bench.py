@@ -28,6 +28,10 @@ work: the reference's executed (padded) tokens are reported beside its real ones
 the machine's limit divide useful FLOP/s by the best of repeated large bf16 and fp32 matmuls
 measured here (`measure_matmul_peak`); on a GPU this is model-FLOPs utilisation.
 
+`--repeats N` runs the pair N times, the order alternating, and reports the medians of the paired
+ratios (`combine_pairs`), for a machine whose speed drifts between one pipeline's minutes and the
+next's; every pair stays in the report.
+
 `--sweep` times budgetlora's training loop on synthetic rows of exactly T tokens for several T
 and row counts and draws how time grows with tokens (bench_scaling.png + bench_scaling.md).
 """
