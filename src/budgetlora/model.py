@@ -162,7 +162,7 @@ def _first_query_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     return out.expand(query.shape[0], query.shape[2], *out.shape[2:]), weights
 
 
-def _first_query_last_layer(attn: Optional[nn.Module]) -> bool:
+def _first_query_last_layer(attn: nn.Module) -> bool:
     from transformers import AttentionInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -212,11 +212,12 @@ def first_token_last_layer(model: nn.Module) -> bool:
         return False
     last = stacks[0][-1]
     getattr(last, ffn_input).register_forward_hook(_first_token)
-    if self_attention is not None:
-        try:
-            _first_query_last_layer(last.get_submodule(self_attention))
-        except AttributeError:  # a layer laid out otherwise: the feed-forward cut alone
-            pass
+    try:
+        attn = last.get_submodule(self_attention) if self_attention is not None else None
+    except AttributeError:  # a layer laid out otherwise: the feed-forward cut alone
+        attn = None
+    if attn is not None:
+        _first_query_last_layer(attn)
     return True
 
 
