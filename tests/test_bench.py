@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from budgetlora.bench import combine_pairs, model_flops, model_shape
+from budgetlora.commands.bench import combine_pairs, model_flops, model_shape
 from budgetlora.cli import main
 from tiny import make_tiny_model, write_agnews_csv
 
@@ -63,7 +63,7 @@ def test_model_shape_counts_non_embedding_params_by_hand():
 
 def test_model_shape_counts_the_first_token_only_params():
     from budgetlora.config import ModelConfig
-    from budgetlora.model import build_classifier_from_config
+    from budgetlora.modeling import build_classifier_from_config
     from tiny import tiny_config
 
     h, i = 32, 64  # tiny_config's hidden and intermediate sizes
@@ -173,7 +173,7 @@ def test_bench_needs_a_train_file(bench_bert, capsys):
 def test_timed_commands_get_the_environment_the_bench_started_with(monkeypatch):
     # train() sets TOKENIZERS_PARALLELISM=false in the worker; the timed `budgetlora predict` must
     # still tokenize as it does from the user's shell
-    import budgetlora.bench as bench
+    import budgetlora.commands.bench as bench
 
     monkeypatch.setattr(bench, "_START_ENV", {"PATH": "/usr/bin"})
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")

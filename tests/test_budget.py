@@ -24,7 +24,7 @@ from budgetlora.budget import (
 )
 from budgetlora.config import from_dict
 from budgetlora.errors import BudgetError, ConfigError, ModelLoadError
-from budgetlora.model import add_lora, build_classifier_from_config
+from budgetlora.modeling import add_lora, build_classifier_from_config
 from conftest import REPO, shared_path
 from tiny import ARCH_CONFIGS, tiny_config
 
@@ -325,7 +325,7 @@ def test_estimating_imports_neither_peft_nor_the_model_code(tmp_path):
         "from budgetlora.config import from_dict\n"
         f"cfg = load_config_only({str(tmp_path)!r}, 4)\n"
         "b = estimate(from_dict({'target_modules': 'all-linear'}), cfg, 4)\n"
-        "print(json.dumps([b.total, 'peft' in sys.modules, 'budgetlora.model' in sys.modules]))\n"
+        "print(json.dumps([b.total, 'peft' in sys.modules, 'budgetlora.modeling' in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     total, peft_loaded, model_loaded = json.loads(out.stdout.strip().splitlines()[-1])

@@ -7,8 +7,8 @@ import json
 
 from budgetlora.cli import main
 from budgetlora.config import load_config
-from budgetlora.evaluate import evaluate_run
-from budgetlora.train import train
+from budgetlora.inference.evaluate import evaluate_run
+from budgetlora.training.trainer import train
 
 
 def _fake_run(folder, acc, params, evals=None, teacher=None):

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from budgetlora import distill
+from budgetlora.training import distill
 from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.data import Collator, Encoded, EncodedDataset, encode, prepare_splits
 from budgetlora.errors import ConfigError, UserError
-from budgetlora.evaluate import LoadedRun
-from budgetlora.model import load_tokenizer
-from budgetlora.train import train
+from budgetlora.inference.evaluate import LoadedRun
+from budgetlora.modeling import load_tokenizer
+from budgetlora.training.trainer import train
 
 
 def _cfg(out, model_dir, train_csv, eval_csv, **over):
@@ -156,7 +156,7 @@ def test_student_distils_from_a_teacher_and_reuses_the_cached_logits(
     def no_teacher(*a, **k):
         raise AssertionError("the teacher was loaded although its logits are cached")
 
-    monkeypatch.setattr("budgetlora.evaluate.LoadedRun", no_teacher)
+    monkeypatch.setattr("budgetlora.inference.evaluate.LoadedRun", no_teacher)
     cfg.overwrite = True
     again = train(cfg)
     assert cached[0].stat().st_mtime_ns == stamp

@@ -11,7 +11,7 @@ import torch
 from budgetlora.cli import main
 from budgetlora.config import ModelConfig, load_config
 from budgetlora.errors import ConfigError
-from budgetlora.model import (
+from budgetlora.modeling import (
     add_lora,
     build_classifier,
     build_classifier_from_config,
@@ -153,7 +153,7 @@ def test_first_token_last_layer_gives_the_same_logits_for_less_work(arch, head):
 
 
 def _first_query_modules(model: torch.nn.Module) -> list[str]:
-    from budgetlora.model import FIRST_QUERY_ATTENTION
+    from budgetlora.modeling import FIRST_QUERY_ATTENTION
 
     return [n for n, m in model.named_modules()
             if getattr(getattr(m, "config", None), "_attn_implementation", None) == FIRST_QUERY_ATTENTION]
@@ -169,7 +169,7 @@ def test_first_query_attention_in_the_last_layer_gives_the_same_logits(arch, ker
     cut = build_classifier_from_config(ModelConfig(**settings), tiny_config(arch)).eval()
     cut.load_state_dict(plain.state_dict())
     calls = []
-    import budgetlora.model as model_module
+    import budgetlora.modeling as model_module
 
     real = model_module._first_query_attention
     from transformers import AttentionInterface
@@ -306,7 +306,7 @@ def test_packed_linear_layers_leave_an_fp32_model_alone():
 
 @requires_onednn
 def test_a_bf16_run_is_served_with_packed_linear_layers_unless_turned_off(tiny_model_dir, tiny_train_csv, tmp_path):
-    from budgetlora.evaluate import LoadedRun
+    from budgetlora.inference.evaluate import LoadedRun
 
     runs = {}
     for packed in (True, False):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from budgetlora.cli import main
-from budgetlora.model import load_trained
+from budgetlora.modeling import load_trained
 
 from conftest import shared_path
 

@@ -27,7 +27,7 @@ def test_there_are_recipes():
 def test_every_recipe_loads_and_says_how_to_run_it(path):
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if "space" in data:  # a `budgetlora search` space: its base recipe must load too
-        from budgetlora.search import load_space
+        from budgetlora.commands.search import load_space
 
         space = load_space(path)
         space.base_config().validate()
@@ -81,7 +81,7 @@ def test_budget_count_and_built_model_use_the_same_mapping(head, settings):
     """The analytic estimate, peft on meta and the real model built by model.add_lora agree."""
     import transformers
 
-    from budgetlora.model import add_lora, build_classifier_from_config
+    from budgetlora.modeling import add_lora, build_classifier_from_config
 
     if settings == "seed-c":
         cfg = load_config(REPO / "recipes" / "seeds" / "r12-chosen-layers.yaml", {"head": head})

@@ -36,11 +36,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from budgetlora import checkpoint as ckpt
+from budgetlora.training import checkpoint as ckpt
 from budgetlora.cli import main
 from budgetlora.config import ModelConfig, load_config
 from budgetlora.errors import ConfigError, DataError, ModelLoadError
-from budgetlora.train import JsonlLog, TrainingDiverged, oom_message
+from budgetlora.errors import TrainingDiverged
+from budgetlora.training.trainer import JsonlLog, oom_message
 from tiny import write_agnews_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,7 +326,7 @@ def _error_line(capsys, strict: bool = True) -> str:
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_resumes_with_lower_lr(
     tmp_path, base_args, reference, monkeypatch, capsys
 ):
-    import budgetlora.train as train_mod
+    import budgetlora.training.trainer as train_mod
 
     real = train_mod._loss_fn
     calls = {"n": 0}
@@ -377,7 +378,7 @@ def test_real_divergence_with_a_huge_learning_rate(tmp_path, base_args, capsys):
 def test_non_finite_weights_never_become_a_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from budgetlora.train import TrainState
+    from budgetlora.training.state import TrainState
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
@@ -405,7 +406,7 @@ class _FakePeftModel:
 
 def test_best_adapter_is_replaced_atomically(tmp_path):
     from budgetlora.config import RunConfig
-    from budgetlora.model import save_adapter
+    from budgetlora.modeling import save_adapter
 
     adapter = tmp_path / "adapter"
     save_adapter(_FakePeftModel(b"old"), None, RunConfig(), ["a", "b"], adapter)
@@ -427,7 +428,7 @@ def test_gpu_out_of_memory_message():
 
 
 def test_out_of_memory_in_the_loop_is_a_user_error(tmp_path, base_args, monkeypatch, capsys):
-    import budgetlora.train as train_mod
+    import budgetlora.training.trainer as train_mod
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -671,7 +672,7 @@ def test_unwritable_output_folder(tmp_path, refused, monkeypatch):
     locked.chmod(0o555)
     try:
         if os.access(locked, os.W_OK):  # root ignores the mode: make the probe fail as it would
-            import budgetlora.rundir as rundir
+            import budgetlora.core.files as rundir
 
             def denied(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
@@ -737,7 +738,7 @@ def test_debug_shows_the_traceback(tmp_path, tiny_model_dir, capsys):
 
 
 def test_pickle_weights_only_with_the_flag(tmp_path, tiny_model_dir, refused):
-    from budgetlora.model import build_classifier
+    from budgetlora.modeling import build_classifier
 
     folder = _model_copy(tiny_model_dir, tmp_path / "pickled", skip=("*.safetensors",))
     torch.save(load_file(str(tiny_model_dir / "model.safetensors")), folder / "pytorch_model.bin")
@@ -753,7 +754,7 @@ def test_pickle_weights_only_with_the_flag(tmp_path, tiny_model_dir, refused):
 
 
 def test_remote_code_is_not_run_by_default(tmp_path, tiny_model_dir, refused):
-    from budgetlora.model import load_hf_config
+    from budgetlora.modeling import load_hf_config
 
     assert ModelConfig().trust_remote_code is False
     assert load_config(None, {"output_dir": "x"}).model.trust_remote_code is False
@@ -818,7 +819,7 @@ def test_fuzz_parquet(data, require_labels):
 @given(data=st.one_of(st.binary(max_size=200), st.text(alphabet='{}[]":, 0123456789abelmnostvy_.-', max_size=120)
                       .map(str.encode)))
 def test_fuzz_model_config(data):
-    from budgetlora.model import load_hf_config
+    from budgetlora.modeling import load_hf_config
 
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "config.json").write_bytes(data)

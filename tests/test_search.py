@@ -9,11 +9,11 @@ import signal
 import pytest
 import yaml
 
-from budgetlora import search
+from budgetlora.commands import search
 from budgetlora.cli import build_parser, config_overrides, main
 from budgetlora.config import load_config
 from budgetlora.errors import ConfigError
-from budgetlora.train import train
+from budgetlora.training.trainer import train
 
 HUGE_R = 100_000  # 25.6M LoRA parameters on the tiny model: far over any budget
 

@@ -10,8 +10,8 @@ import torch
 
 from budgetlora.cli import main
 from budgetlora.config import load_config
-from budgetlora.model import build_classifier, load_trained
-from budgetlora.train import train
+from budgetlora.modeling import build_classifier, load_trained
+from budgetlora.training.trainer import train
 
 
 def _cfg(tmp_path, model_dir, train_csv, eval_csv=None, **over):

@@ -1,6 +1,6 @@
 # The inference loop of `budgetlora predict` with the last layer's attention for every query (as
 # transformers computes it) and for the first query only (`first_token_last_layer`'s attention,
-# `budgetlora.model._first_query_attention`), on one merged model whose last attention module is
+# `budgetlora.modeling._first_query_attention`), on one merged model whose last attention module is
 # switched between the two. Interleaved rounds, texts/s, medians; the logits are compared.
 # Behind the "first query" row of docs/BENCHMARKS.md (2026-11-22):
 #     python docs/experiments/predict_first_query.py RUN_DIR INPUT_CSV [ROUNDS]
@@ -9,8 +9,8 @@ import sys
 import time
 
 from budgetlora.data import encode, load_file
-from budgetlora.evaluate import LoadedRun, predict_logits
-from budgetlora.model import FIRST_QUERY_ATTENTION
+from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.modeling import FIRST_QUERY_ATTENTION
 
 run = LoadedRun(sys.argv[1])
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4

@@ -1,5 +1,5 @@
 # The inference loop of `budgetlora predict` on one run's merged bf16 model with PyTorch's plain
-# nn.Linear layers and with `budgetlora.model.pack_linear_layers` (oneDNN matmuls on packed weights,
+# nn.Linear layers and with `budgetlora.modeling.pack_linear_layers` (oneDNN matmuls on packed weights,
 # bias and feed-forward GELU inside the kernel; the `packed_cpu_linear` default). Interleaved rounds,
 # texts/s, medians; then both models' logits against the same model in fp32, and their accuracies
 # where the file has labels. Behind the "packed linear layers" row of docs/BENCHMARKS.md (2026-11-22):
@@ -11,14 +11,14 @@ import time
 
 import torch
 
-import budgetlora.model
+import budgetlora.modeling
 from budgetlora.cli import keep_freed_memory
 from budgetlora.data import encode, load_file
-from budgetlora.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.evaluate import LoadedRun, predict_logits
 
 keep_freed_memory()  # as the `budgetlora` command does
-pack = budgetlora.model.pack_linear_layers
-budgetlora.model.pack_linear_layers = lambda model: 0  # LoadedRun then leaves the plain layers
+pack = budgetlora.modeling.pack_linear_layers
+budgetlora.modeling.pack_linear_layers = lambda model: 0  # LoadedRun then leaves the plain layers
 run = LoadedRun(sys.argv[1])
 assert run.precision == "bf16" and run.device.type == "cpu", "this compares bf16 CPU inference"
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from budgetlora.config import load_config
 from fp32_softmax_attention import NAME as FP32_SOFTMAX  # registers the attention with transformers
 from budgetlora.data import Collator, LengthGroupedBatchSampler, encode, load_file
-from budgetlora.model import build_model, load_tokenizer
+from budgetlora.modeling import build_model, load_tokenizer
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
 # encoder_dropout None = the pretrained 0.1 everywhere, as before the change this measured; the
@@ -94,7 +94,7 @@ def same(m):
 
 def full_last_query(m):
     # undo the first-query attention of the last layer: its module dispatches on the model's kernel again
-    from budgetlora.model import FIRST_QUERY_ATTENTION
+    from budgetlora.modeling import FIRST_QUERY_ATTENTION
 
     for mod in m.modules():
         if getattr(getattr(mod, "config", None), "_attn_implementation", None) == FIRST_QUERY_ATTENTION:

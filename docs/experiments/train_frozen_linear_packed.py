@@ -1,7 +1,7 @@
 # One frozen linear layer of the training forward + its input gradient at all-MiniLM-L6-v2's shapes
 # (1,700 rows = a batch of 32 rows of ~53 tokens): autocast over an fp32 weight (what training does),
 # a plain bf16 linear, and oneDNN's packed matmul (`_linear_pointwise` on a reordered weight, as
-# `budgetlora.model.PackedLinear` does for prediction) with the input gradient from the dense bf16
+# `budgetlora.modeling.PackedLinear` does for prediction) with the input gradient from the dense bf16
 # weight, in a custom autograd function. Medians of 30 calls, ms. Behind the "packed frozen linear
 # layers in training" row of docs/BENCHMARKS.md (2026-11-23, 2-core AMD EPYC, torch 2.13.0):
 #     python docs/experiments/train_frozen_linear_packed.py

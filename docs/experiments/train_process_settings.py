@@ -19,7 +19,7 @@ if mode == "console":
     from budgetlora.cli import console_process_setup
     console_process_setup()
 from budgetlora.config import load_config
-from budgetlora.train import train
+from budgetlora.training.trainer import train
 cfg = load_config(None, {"model": model, "train_file": train_csv, "eval_file": eval_csv, "epochs": 1,
                          "seed": 42, "output_dir": out, "log_every": 1})
 train(cfg)

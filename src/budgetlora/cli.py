@@ -12,8 +12,8 @@ import sys
 import typing
 from typing import Any, Callable, Optional, Sequence
 
-from budgetlora.config import field_index, field_type
-from budgetlora.errors import UserError
+from budgetlora.errors import UserError, closest_match
+from budgetlora.flags import add_config_flags, add_train_arguments, config_overrides
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,11 +22,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         if message.startswith("unrecognized arguments:"):
-            import difflib
-
             known = {o for p in _all_parsers(self) for o in p._option_string_actions}
             typos = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
-            close = [m for a in typos for m in difflib.get_close_matches(a, sorted(known), n=1)]
+            close = [m for m in (closest_match(a, known) for a in typos) if m]
             if close:
                 message += f" (did you mean {', '.join(close)}?)"
         self.exit(2, f"budgetlora: error: {message}; see `{self.prog} --help`\n")
@@ -41,39 +39,6 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return found
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`--lora-alpha`), defaulting to 'not given' so recipes still apply."""
-    groups: dict[Optional[str], argparse._ArgumentGroup] = {}
-    for name, (section, f) in field_index().items():
-        group = groups.get(section)
-        if group is None:
-            group = groups[section] = parser.add_argument_group(f"{section or 'run'} settings")
-        flag = "--" + name.replace("_", "-")
-        tp = field_type(name)
-        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help text
-        if tp is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            metavar = _metavar(tp)
-            group.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
-
-
-def _metavar(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
-    if tp is int:
-        return "N"
-    if tp is float:
-        return "X"
-    return "VALUE"
-
-
-def config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
-    """The config flags the user actually gave (raw strings; config.coerce types them)."""
-    return {name: getattr(ns, name) for name in field_index() if getattr(ns, name, None) is not None}
-
-
 # ---------------------------------------------------------------------------------------------
 # Commands. Each is a function of a parsed namespace; the real work is imported lazily so that
 # `budgetlora --help` and error paths start fast.
@@ -81,14 +46,14 @@ def config_overrides(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from budgetlora.train import train_from_cli
+    from budgetlora.training.trainer import train_from_cli
 
     train_from_cli(recipe=ns.config, overrides=config_overrides(ns), resume=ns.resume, argv=ns._argv)
     return 0
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
-    from budgetlora.evaluate import evaluate_run
+    from budgetlora.inference.evaluate import evaluate_run
 
     report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples,
                           quantize=ns.quantize)
@@ -98,7 +63,7 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    from budgetlora.predict import predict_file, predict_text
+    from budgetlora.inference.predict import predict_file, predict_text
 
     if ns.text is not None:
         label, prob = predict_text(ns.run, ns.text, model=ns.model)
@@ -115,14 +80,14 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
-    from budgetlora.plan import plan_command
+    from budgetlora.commands.plan import plan_command
 
     print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain))
     return 0
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from budgetlora.bench import bench_command
+    from budgetlora.commands.bench import bench_command
 
     print(bench_command(
         ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
@@ -143,14 +108,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
-    from budgetlora.search import search_from_cli
+    from budgetlora.commands.search import search_from_cli
 
     search_from_cli(ns.space, ns.study_dir, ns.trials, ns.timeout, config_overrides(ns))
     return 0
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
-    from budgetlora.compare import compare_command
+    from budgetlora.commands.compare import compare_command
 
     print(compare_command(ns.runs, output=ns.output, as_json=ns.json))
     return 0
@@ -176,9 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
-    t.add_argument("--config", metavar="RECIPE", help="YAML recipe; flags given here override it.")
-    t.add_argument("--resume", metavar="DIR", help="Continue an interrupted run from its folder.")
-    add_config_flags(t)
+    add_train_arguments(t)
 
     e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores and confusion matrix of a run.")
     e.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")

@@ -21,8 +21,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from budgetlora.errors import ConfigError
+from budgetlora.errors import ConfigError, closest_match
 
+DEFAULT_BUDGET = 1_000_000  # the flagship task's limit: fewer trainable parameters than this
 HEADS = ("default", "linear")
 BIASES = ("none", "all", "lora_only")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -382,7 +383,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: int = field(
-        default=1_000_000,
+        default=DEFAULT_BUDGET,
         metadata={"help": "Trainable parameters must be strictly fewer than this (adapters + head + biases)."},
     )
     output_dir: Optional[str] = field(default=None, metadata={"help": "Folder for the run's outputs."})
@@ -630,10 +631,8 @@ def get_field(cfg: RunConfig, name: str) -> Any:
 
 
 def _unknown(shown: str, name: str, known: set[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest_match(name, known)
+    hint = f"; did you mean {close!r}?" if close else ""
     return f"unknown setting {shown!r}{hint}"
 
 

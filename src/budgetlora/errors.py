@@ -3,6 +3,10 @@
 Anything that is not a `UserError` is a bug in budgetlora and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
 
 class UserError(Exception):
     """Bad input or a refused request: the message says what is wrong and what to do."""
@@ -28,3 +32,21 @@ class ModelLoadError(UserError):
 
 class RunDirError(UserError):
     """An output folder that cannot be used (finished run, locked, unwritable)."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 130
+
+
+def closest_match(word: str, known: Iterable[str]) -> Optional[str]:
+    """The known name closest to a mistyped one, for a 'did you mean' hint; None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return close[0] if close else None

@@ -107,7 +107,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_comparison(rows: list[dict[str, Any]], out_path: Union[str, Path]) -> None:
     """Horizontal bars of best validation accuracy, each annotated with its trainable parameters."""
-    from budgetlora.plots import _pyplot
+    from budgetlora.core.plots import _pyplot
 
     plt = _pyplot()
     names = [r["run"] for r in rows]

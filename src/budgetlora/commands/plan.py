@@ -27,10 +27,10 @@ from budgetlora.budget import (
     Analysis, Breakdown, Inventory, _NeedsMeta, analyse, check_budget, count_on_meta, describe_model,
     estimate, inventory_from_model, load_config_only, module_inventory,
 )
-from budgetlora.config import LoraConfig, ModelConfig, RunConfig, to_flags
+from budgetlora.config import DEFAULT_BUDGET, LoraConfig, ModelConfig, RunConfig, to_flags
 from budgetlora.errors import BudgetError, ConfigError
+from budgetlora.flags import add_train_arguments, config_overrides
 
-DEFAULT_BUDGET = 1_000_000
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
 ROLES = ("all", "attn", "qkv", "qv")
@@ -154,7 +154,7 @@ def _meta_inventory(hf_config: Any, head: str, num_labels: int) -> Inventory:
 
     import torch
 
-    from budgetlora.model import build_classifier_from_config
+    from budgetlora.modeling import build_classifier_from_config
 
     cfg = copy.deepcopy(hf_config)
     cfg.num_labels = num_labels
@@ -300,12 +300,10 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
 
 
 def _train_flags_parser() -> argparse.ArgumentParser:
-    """The `train` subcommand's own parser, so that --explain reads flags exactly as train does."""
-    from budgetlora.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    train = sub.choices["train"]
+    """A parser of `train`'s own arguments, so that --explain reads flags exactly as train does."""
+    train = argparse.ArgumentParser(prog="budgetlora train", add_help=False)
+    add_train_arguments(train)
+    train.add_argument("--debug", action="store_true")
 
     def error(message: str):
         raise ConfigError(f"--explain: {message}")
@@ -316,7 +314,6 @@ def _train_flags_parser() -> argparse.ArgumentParser:
 
 def explain_flags(model: str, hf_config: Any, flags: str, budget: Optional[int], labels: int) -> str:
     """The breakdown of one configuration given as `budgetlora train` flags."""
-    from budgetlora.cli import config_overrides
     from budgetlora.config import load_config
 
     try:

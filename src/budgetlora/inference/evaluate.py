@@ -16,14 +16,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from budgetlora.core.device import autocast, inference_device, resolve_precision
+
 log = logging.getLogger(__name__)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def inference_streams(device: torch.device) -> int:
@@ -126,14 +121,8 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], label_na
     }
 
 
-def inference_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def inference_precision(cfg, device: torch.device) -> str:
     """The precision a run is served at: its own training setting, resolved for this device."""
-    from budgetlora.train import resolve_precision
-
     return resolve_precision(cfg.train.precision if cfg is not None else "auto", device)
 
 
@@ -143,7 +132,7 @@ class LoadedRun:
     def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
         from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
-        from budgetlora.model import load_trained, pack_linear_layers
+        from budgetlora.modeling import load_trained, pack_linear_layers
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "adapter").is_dir():
@@ -226,8 +215,8 @@ def evaluate_run(
     """Score a finished run on a labelled file; writes DIR/eval/<data name>.json and a confusion-matrix PNG."""
     from budgetlora.config import DataConfig
     from budgetlora.data import load_file
-    from budgetlora.plots import plot_confusion
-    from budgetlora.rundir import atomic_write_json
+    from budgetlora.core.plots import plot_confusion
+    from budgetlora.core.files import atomic_write_json
 
     run = LoadedRun(run_dir, model=model, quantize=quantize)
     dcfg = run.cfg.data if run.cfg else DataConfig()

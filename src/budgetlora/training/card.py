@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from budgetlora.config import RunConfig
-from budgetlora.rundir import atomic_write_text
+from budgetlora.core.files import atomic_write_text
 
 
 def write_model_card(out: Path, cfg: RunConfig, metrics: dict[str, Any]) -> None:
@@ -56,11 +56,11 @@ The fully resolved settings are in `config.yaml`; `budgetlora train --config con
 repeats this run. Load the adapter (head included) with:
 
 ```python
-from budgetlora.model import load_trained
+from budgetlora.modeling import load_trained
 model, tokenizer, meta = load_trained("{out}")
 ```
 
-or with peft directly on the base model built by `budgetlora.model.build_classifier`:
+or with peft directly on the base model built by `budgetlora.modeling.build_classifier`:
 `peft.PeftModel.from_pretrained(base, "{out}/adapter")`.
 """
     atomic_write_text(out / "README.md", text)

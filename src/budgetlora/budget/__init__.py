@@ -75,7 +75,7 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
     `get_nb_trainable_parameters`). peft's `modules_to_save` keeps the frozen original of the head
     next to its trainable copy; only the copy has `requires_grad`, so the head counts once.
     """
-    from budgetlora.model import head_module_names
+    from budgetlora.modeling import head_module_names
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     heads = set(head_module_names(base))
@@ -441,7 +441,7 @@ def inventory_from_model(model: "torch.nn.Module", head: str, model_type: str = 
     """
     import torch
 
-    from budgetlora.model import head_module_names
+    from budgetlora.modeling import head_module_names
 
     mods: list[Module] = []
     for name, mod in model.named_modules():
@@ -689,7 +689,7 @@ def count_on_meta(run: RunConfig, hf_config: Any, num_labels: int) -> Breakdown:
     """Build the classifier and add LoRA on the meta device (shapes, no memory), then count."""
     import torch
 
-    from budgetlora.model import add_lora, build_classifier_from_config
+    from budgetlora.modeling import add_lora, build_classifier_from_config
 
     cfg = copy.deepcopy(hf_config)
     cfg.num_labels = num_labels
@@ -758,7 +758,7 @@ def load_config_only(model: str, num_labels: int):
         if path.is_file():
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelLoadError(f"{model}: not a usable model config.json ({text})") from None
-        from budgetlora.model import _wrap_load_error
+        from budgetlora.modeling import _wrap_load_error
 
         raise _wrap_load_error("model config", model, e) from None
 

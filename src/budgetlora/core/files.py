@@ -6,12 +6,14 @@ moment leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 from budgetlora.errors import RunDirError
 
@@ -19,21 +21,53 @@ LOCK_NAME = ".lock"
 FINISHED_MARK = "metrics.json"
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path], *, directory: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write into; when the block ends without an error it
+    replaces `path` in one rename, otherwise it is removed and `path` is untouched.
+
+    The one write-then-rename of the package: files (the caller writes the temporary file by any
+    means: numpy, safetensors, torch.save) and folders (`directory=True`: an adapter, a checkpoint),
+    where an existing folder is first renamed aside and dropped only once the new one stands.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        yield tmp
+        if directory and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(path: Union[str, Path]) -> None:
+    """Drop the `.tmp-NAME-*` / `.old-NAME-*` folders a run killed inside `atomic_path` left."""
+    path = Path(path)
+    for stale in [*path.parent.glob(f".tmp-{path.name}-*"), *path.parent.glob(f".old-{path.name}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> None:

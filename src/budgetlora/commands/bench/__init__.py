@@ -10,7 +10,7 @@ other, each in its own Python process (so peak memory is per pipeline and no war
     bias="lora_only", task_type=SEQ_CLS))`, HF `Trainer` (batch 32, lr 1e-4, linear decay after a
     10% warm-up, weight decay 0.01, fp16 on GPU / fp32 on CPU, one epoch, no saving), then
     `trainer.evaluate()` on the validation rows (eval batch 32).
-(b) `budgetlora_pipeline`: `budgetlora.train.train()` with budgetlora's DEFAULT settings; only the
+(b) `budgetlora_pipeline`: `budgetlora.training.trainer.train()` with budgetlora's DEFAULT settings; only the
     model, the rows (files), one epoch, the seed and the output folder are set. Its validation
     figure is the end-of-epoch evaluation; its eval speed is the WHOLE `budgetlora predict` command
     on the validation texts (`python -m budgetlora.cli predict ...`, start-up included).
@@ -118,7 +118,7 @@ def shape_flops(lengths: Sequence[int], shape: dict[str, int], training: bool = 
 def model_shape(model: Any) -> dict[str, int]:
     """N (non-embedding parameters), trainable ones, LoRA ones, those run on the first token only,
     layers and hidden size of a model."""
-    from budgetlora.model import first_query_layers, first_token_only_params
+    from budgetlora.modeling import first_query_layers, first_token_only_params
 
     n_params = n_trainable = n_lora = n_embed = 0
     for name, p in model.named_parameters():
@@ -402,14 +402,14 @@ def budgetlora_pipeline(
     model: str, train_file: PathLike, samples: int, eval_rows: int, seed: int, out_dir: PathLike,
     *, eval_file: Optional[PathLike] = None,
 ) -> dict[str, Any]:
-    """`budgetlora.train.train()` with default settings, then the whole `budgetlora predict`
+    """`budgetlora.training.trainer.train()` with default settings, then the whole `budgetlora predict`
     command on the validation texts, timed from outside (start-up included)."""
     import torch
 
     from budgetlora.config import load_config
     from budgetlora.data import LengthGroupedBatchSampler, encode
-    from budgetlora.model import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer, resolve_attn_implementation
-    from budgetlora.train import train
+    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer, resolve_attn_implementation
+    from budgetlora.training.trainer import train
 
     out_dir = Path(out_dir)
     train_csv, val_csv = _ensure_files(train_file, samples, eval_rows, seed, out_dir, eval_file)
@@ -572,7 +572,7 @@ def _tail(path: Path, n: int = 600) -> str:
     return " ".join(text[-n:].split()) or "(no output)"
 
 
-# The environment this process started with: `budgetlora.train.train()` sets
+# The environment this process started with: `budgetlora.training.trainer.train()` sets
 # TOKENIZERS_PARALLELISM=false in the worker's own environment, which a user's shell does not have.
 _START_ENV = dict(os.environ)
 
@@ -591,7 +591,7 @@ def _child_env() -> dict[str, str]:
 
 
 def run_pipeline_in_subprocess(name: str, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Run one pipeline in a fresh `python -m budgetlora.bench _worker` process; its JSON back."""
+    """Run one pipeline in a fresh `python -m budgetlora.commands.bench _worker` process; its JSON back."""
     spec_path = out_dir / f"{name}-spec.json"
     result_path = out_dir / f"{name}-result.json"
     log_path = out_dir / f"{name}.log"
@@ -601,7 +601,7 @@ def run_pipeline_in_subprocess(name: str, spec: dict[str, Any], out_dir: Path) -
     if Path(spec["model"]).expanduser().is_dir():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no Hub look-ups
     with open(log_path, "w", encoding="utf-8") as log_f:
-        rc = subprocess.run([sys.executable, "-m", "budgetlora.bench", "_worker", str(spec_path)],
+        rc = subprocess.run([sys.executable, "-m", "budgetlora.commands.bench", "_worker", str(spec_path)],
                             stdout=log_f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not result_path.is_file():
         raise UserError(f"bench: the {name} pipeline failed (exit {rc}; log {log_path}): {_tail(log_path)}")
@@ -814,8 +814,8 @@ def scaling_sweep(
     import random
 
     from budgetlora.config import load_config
-    from budgetlora.model import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
-    from budgetlora.train import train
+    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
+    from budgetlora.training.trainer import train
 
     say = progress or (lambda msg: None)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="budgetlora-sweep-"))
@@ -867,7 +867,7 @@ def scaling_sweep(
 
 
 def _plot_sweep(table: list[dict[str, Any]], path: Path) -> None:
-    from budgetlora.plots import _pyplot
+    from budgetlora.core.plots import _pyplot
 
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -1019,5 +1019,5 @@ def bench_command(
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
         sys.exit(_worker(sys.argv[2]))
-    print("usage: python -m budgetlora.bench _worker SPEC.json  (internal; use `budgetlora bench`)", file=sys.stderr)
+    print("usage: python -m budgetlora.commands.bench _worker SPEC.json  (internal; use `budgetlora bench`)", file=sys.stderr)
     sys.exit(2)

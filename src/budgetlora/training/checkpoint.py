@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from budgetlora.errors import RunDirError, UserError
+from budgetlora.errors import RunDirError, TrainingDiverged, UserError
 
 CKPT_DIR = "checkpoints"
 PREFIX = "step-"
@@ -171,7 +171,7 @@ def latest(out: Path) -> Optional[Path]:
 
 def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
     """Restore everything from the newest complete checkpoint; returns the TrainState."""
-    from budgetlora.train import TrainState
+    from budgetlora.training.state import TrainState
 
     ckpt = latest(out)
     if ckpt is None:
@@ -219,7 +219,15 @@ def maybe_save(out: Path, state, model, optimizer, scheduler, cfg, *, end_of_epo
         if not all_finite(model):
             # Never let NaN/inf weights become the "latest" checkpoint: the last good one must stay
             # the one a resume starts from.
-            from budgetlora.train import TrainingDiverged, diverged_message
 
             raise TrainingDiverged(diverged_message(out, state.step, "the weights became NaN or infinite", cfg.train.lr))
         save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints)
+
+
+def diverged_message(out: Path, step: int, what: str, lr: float) -> str:
+    """Says what went wrong, that the last good checkpoint is kept, and how to go on."""
+    last = latest(out)
+    kept = (f"the last good checkpoint ({last.name}) is kept" if last is not None
+            else "there is no checkpoint yet, so a resume starts from step 0")
+    return (f"training diverged: {what} at step {step}; {kept}; resume with a lower learning rate: "
+            f"budgetlora train --resume {out} --lr {lr / 10:.2g}")

@@ -107,7 +107,7 @@ def teacher_logits(
 ) -> torch.Tensor:
     """One teacher's fp32 logits on `texts`, from the cache when it holds them."""
     from budgetlora.data import tokenizer_fingerprint
-    from budgetlora.model import load_tokenizer, read_adapter_meta
+    from budgetlora.modeling import load_tokenizer, read_adapter_meta
 
     folder = Path(run_dir).expanduser()
     adapter = folder / "adapter"
@@ -129,7 +129,7 @@ def teacher_logits(
         log.info("teacher %s: reusing cached logits %s", run_dir, path)
         return cached
 
-    from budgetlora.evaluate import LoadedRun, predict_logits
+    from budgetlora.inference.evaluate import LoadedRun, predict_logits
 
     log.info("teacher %s: computing logits for %d training rows (once; cached in %s)", run_dir, len(texts), path)
     run = LoadedRun(folder)
@@ -147,7 +147,7 @@ def teacher_logits(
 def _precision_of(folder: Path) -> str:
     """The precision LoadedRun will run the teacher at (bf16 and fp32 logits differ slightly)."""
     from budgetlora.config import load_config
-    from budgetlora.evaluate import inference_device, inference_precision
+    from budgetlora.inference.evaluate import inference_device, inference_precision
 
     cfg_path = folder / "config.yaml"
     return inference_precision(load_config(cfg_path) if cfg_path.is_file() else None, inference_device())

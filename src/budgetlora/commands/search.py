@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 from budgetlora.config import RunConfig, coerce, field_index, flag_value, from_dict, load_yaml, to_flags
-from budgetlora.errors import BudgetError, ConfigError
+from budgetlora.errors import BudgetError, ConfigError, closest_match
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,8 @@ def load_space(path: Union[str, Path]) -> SearchSpace:
         name = str(raw_name).replace("-", "_")
         where = f"{p}: space.{raw_name}"
         if name not in index:
-            import difflib
-
-            close = difflib.get_close_matches(name, sorted(index), n=1)
-            raise ConfigError(f"{where}: unknown setting" + (f"; did you mean {close[0]!r}?" if close else ""))
+            close = closest_match(name, index)
+            raise ConfigError(f"{where}: unknown setting" + (f"; did you mean {close!r}?" if close else ""))
         if name in NOT_SEARCHABLE:
             raise ConfigError(f"{where}: {name} cannot be searched (it is fixed for the whole study)")
         params[name] = _param(name, spec, where)
@@ -286,7 +284,7 @@ class _Objective:
         import optuna
 
         from budgetlora import budget
-        from budgetlora.train import train
+        from budgetlora.training.trainer import train
 
         values = {name: p.suggest(trial) for name, p in self.space.params.items()}
         run_dir = self.study_dir / f"trial-{trial.number}"
@@ -373,7 +371,7 @@ def run_search(
 ) -> dict[str, Any]:
     """Run (or continue) the study until it has `trials` finished trials; write search.json."""
 
-    from budgetlora.train import TrainingInterrupted
+    from budgetlora.errors import TrainingInterrupted
 
     if trials < 1:
         raise ConfigError(f"trials: must be >= 1, got {trials}")
@@ -449,7 +447,7 @@ def write_summary(study: Any, space: SearchSpace, overrides: dict[str, Any], stu
     """<study_dir>/search.json with every trial, and the best trial printed with its train flags."""
     from optuna.trial import TrialState
 
-    from budgetlora.rundir import atomic_write_json
+    from budgetlora.core.files import atomic_write_json
 
     records = [trial_record(t, space) for t in study.get_trials(deepcopy=False)]
     complete = [r for r in records if r["state"] == TrialState.COMPLETE.name and r["value"] is not None]
@@ -484,7 +482,7 @@ def write_summary(study: Any, space: SearchSpace, overrides: dict[str, Any], stu
 
 def search_from_cli(space_file: str, study_dir: str, trials: int, timeout: Optional[float],
                     overrides: dict[str, Any]) -> dict[str, Any]:
-    from budgetlora.train import _setup_logging
+    from budgetlora.training.trainer import _setup_logging
 
     _setup_logging()
     return run_search(space_file, study_dir, trials, timeout=timeout, overrides=overrides)

@@ -24,25 +24,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from budgetlora.config import RunConfig, TrainConfig, load_config
-from budgetlora.errors import ConfigError, UserError
-from budgetlora.rundir import RunLock, atomic_write_json, atomic_write_text, is_finished_run, prepare_output_dir
+from budgetlora.core.device import machine_description, resolve_precision
+from budgetlora.errors import ConfigError, TrainingDiverged, TrainingInterrupted, UserError
+from budgetlora.training.checkpoint import diverged_message
+from budgetlora.training.state import TrainState
+from budgetlora.core.files import RunLock, atomic_write_json, atomic_write_text, is_finished_run, prepare_output_dir
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
-
-
-def diverged_message(out: Path, step: int, what: str, lr: float) -> str:
-    """Says what went wrong, that the last good checkpoint is kept, and how to go on."""
-    from budgetlora.checkpoint import latest
-
-    last = latest(out)
-    kept = (f"the last good checkpoint ({last.name}) is kept" if last is not None
-            else "there is no checkpoint yet, so a resume starts from step 0")
-    return (f"training diverged: {what} at step {step}; {kept}; resume with a lower learning rate: "
-            f"budgetlora train --resume {out} --lr {lr / 10:.2g}")
 
 
 def oom_message(batch_size: int, grad_accum: int, eval_batch_size: int) -> str:
@@ -54,12 +42,6 @@ def oom_message(batch_size: int, grad_accum: int, eval_batch_size: int) -> str:
         advice = "the batch is already 1 row: try a smaller --max-length, --precision bf16 or a smaller model"
     return (f"out of GPU memory with --batch-size {batch_size}: {advice}; if it ran out while "
             f"evaluating, try --eval-batch-size {max(1, eval_batch_size // 2)}")
-
-
-class TrainingInterrupted(UserError):
-    """SIGINT/SIGTERM: a checkpoint was saved and the run can be resumed."""
-
-    exit_code = 130
 
 
 class StopRequest:
@@ -92,43 +74,6 @@ class StopRequest:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old.clear()
-
-
-@dataclass
-class TrainState:
-    """Everything about the loop's progress that a checkpoint must carry."""
-
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0  # current epoch (0-based)
-    batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    samples_seen: int = 0
-    tokens_seen: int = 0
-    train_seconds: float = 0.0  # time inside training steps, evaluation excluded
-    best_eval_accuracy: float = -1.0
-    best_step: int = 0
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-    window_loss_sum: float = 0.0  # running sums since the last log record
-    window_correct: int = 0
-    window_seen: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # evaluation records, for curves
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' means bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX too)."""
-    if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ConfigError("precision: fp16 autocast is not supported on CPU; use bf16 or fp32")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu":
-        cpu = torch.cpu
-        native = getattr(cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-            cpu, "_is_amx_tile_supported", lambda: False
-        )()
-        return "bf16" if native else "fp32"
-    return "fp32"
 
 
 def _param_groups(model: torch.nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -170,8 +115,8 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_step
 
 def _loss_fn(logits: torch.Tensor, labels: torch.Tensor, t: TrainConfig,
              teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
-    if teacher_logits is not None:  # --teacher: knowledge distillation (budgetlora.distill)
-        from budgetlora.distill import distill_loss
+    if teacher_logits is not None:  # --teacher: knowledge distillation (budgetlora.training.distill)
+        from budgetlora.training.distill import distill_loss
 
         return distill_loss(logits, labels, teacher_logits, t.distill_alpha, t.distill_temperature, t.label_smoothing)
     return torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
@@ -217,11 +162,10 @@ def train(
     from tqdm.auto import tqdm
 
     from budgetlora import budget as budget_mod
-    from budgetlora.bench import machine_description
-    from budgetlora import checkpoint as ckpt
+    from budgetlora.training import checkpoint as ckpt
     from budgetlora.data import Collator, EncodedDataset, LengthGroupedBatchSampler, encode, length_filter_indices, prepare_splits
-    from budgetlora.evaluate import accuracy_and_loss
-    from budgetlora.model import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
+    from budgetlora.inference.evaluate import accuracy_and_loss
+    from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
 
     cfg.validate()
     if resume and is_finished_run(Path(cfg.output_dir)):
@@ -253,7 +197,7 @@ def train(
         enc_eval = encode(splits.eval.texts, tokenizer, cfg.data.max_length, labels=splits.eval.labels, cache_dir=cache_dir)
         teacher = None
         if t.teacher:  # distillation: the teacher's logits on every training row, computed once
-            from budgetlora.distill import training_targets
+            from budgetlora.training.distill import training_targets
 
             teacher = training_targets(cfg, splits.train.texts, enc_train, tokenizer, label_names, cache_dir)
         if cfg.data.length_filter:
@@ -452,8 +396,8 @@ def train(
 
 
 def _write_outputs(out: Path, cfg: RunConfig, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    from budgetlora.plots import plot_curves
-    from budgetlora.card import write_model_card
+    from budgetlora.core.plots import plot_curves
+    from budgetlora.training.card import write_model_card
 
     atomic_write_json(out / "metrics.json", metrics)
     try:
