@@ -1086,6 +1086,11 @@ def length_filter_indices(lengths: list[int], lo_pct: float, hi_pct: float) -> l
 # ---------------------------------------------------------------------------------------------
 
 
+# Rows are sorted by length within buckets of this many batches: large enough that batches hold
+# rows of similar length (little padding), small enough that each epoch's order stays random.
+LENGTH_BUCKET_BATCHES = 50
+
+
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffled batches of rows of similar length, so per-batch padding stays small.
 
@@ -1108,7 +1113,7 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         *,
         shuffle: bool = True,
         seed: int = 0,
-        bucket_batches: int = 50,
+        bucket_batches: int = LENGTH_BUCKET_BATCHES,
         drop_last: bool = False,
     ):
         if batch_size < 1 or bucket_batches < 1:
@@ -1174,6 +1179,16 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = int(state["epoch"])
         self._skip = int(state["batches_done"])
         self._yielded = self._skip
+
+
+def train_batch_sampler(lengths: Sequence[int], batch_size: int, *, seed: int,
+                        group_by_length: bool = True) -> LengthGroupedBatchSampler:
+    """The training loop's sampler: shuffled, length-grouped batches (or plain shuffled batches
+    when `group_by_length` is off), never dropping the last short batch."""
+    return LengthGroupedBatchSampler(
+        lengths, batch_size, shuffle=True, seed=seed, drop_last=False,
+        bucket_batches=LENGTH_BUCKET_BATCHES if group_by_length else 1,
+    )
 
 
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -163,7 +163,7 @@ def train(
 
     from budgetlora import budget as budget_mod
     from budgetlora.training import checkpoint as ckpt
-    from budgetlora.data import Collator, EncodedDataset, LengthGroupedBatchSampler, encode, length_filter_indices, prepare_splits
+    from budgetlora.data import Collator, EncodedDataset, encode, train_batch_sampler, length_filter_indices, prepare_splits
     from budgetlora.inference.evaluate import accuracy_and_loss
     from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
 
@@ -228,10 +228,7 @@ def train(
         )
         device = accelerator.device
         collate = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-        sampler = LengthGroupedBatchSampler(
-            enc_train.lengths, t.batch_size, shuffle=True, seed=t.seed, drop_last=False,
-            bucket_batches=50 if t.group_by_length else 1,
-        )
+        sampler = train_batch_sampler(enc_train.lengths, t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
         train_loader = torch.utils.data.DataLoader(
             EncodedDataset(enc_train, {"teacher_logits": teacher} if teacher is not None else None), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers,
             generator=torch.Generator().manual_seed(t.seed),  # a loader draws a seed from it, not from the global RNG
