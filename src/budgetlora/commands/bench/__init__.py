@@ -1014,10 +1014,3 @@ def bench_command(
     rep = run_bench(model, train_file, samples=samples, eval_rows=eval_rows, seed=seed, out_dir=output_dir,
                     matmul_n=matmul_n, repeats=repeats, command=command, progress=say)
     return json.dumps(rep, indent=2) if as_json else format_report(rep)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "_worker":
-        sys.exit(_worker(sys.argv[2]))
-    print("usage: python -m budgetlora.commands.bench _worker SPEC.json  (internal; use `budgetlora bench`)", file=sys.stderr)
-    sys.exit(2)
