@@ -13,7 +13,7 @@ from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.data import Collator, Encoded, EncodedDataset, encode, prepare_splits
 from budgetlora.errors import ConfigError, UserError
-from budgetlora.inference.evaluate import LoadedRun
+from budgetlora.inference.runner import LoadedRun
 from budgetlora.modeling import load_tokenizer
 from budgetlora.training.trainer import train
 
@@ -156,7 +156,7 @@ def test_student_distils_from_a_teacher_and_reuses_the_cached_logits(
     def no_teacher(*a, **k):
         raise AssertionError("the teacher was loaded although its logits are cached")
 
-    monkeypatch.setattr("budgetlora.inference.evaluate.LoadedRun", no_teacher)
+    monkeypatch.setattr("budgetlora.training.distill.LoadedRun", no_teacher)
     cfg.overwrite = True
     again = train(cfg)
     assert cached[0].stat().st_mtime_ns == stamp

@@ -306,7 +306,7 @@ def test_packed_linear_layers_leave_an_fp32_model_alone():
 
 @requires_onednn
 def test_a_bf16_run_is_served_with_packed_linear_layers_unless_turned_off(tiny_model_dir, tiny_train_csv, tmp_path):
-    from budgetlora.inference.evaluate import LoadedRun
+    from budgetlora.inference.runner import LoadedRun
 
     runs = {}
     for packed in (True, False):

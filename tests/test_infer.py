@@ -116,7 +116,7 @@ def _rows(n: int = 45) -> list[list[int]]:
 def test_two_streams_give_one_streams_logits_in_input_order(two_torch_threads, monkeypatch):
     import torch
 
-    import budgetlora.inference.evaluate as ev
+    import budgetlora.inference.runner as ev
     from budgetlora.data import Collator
 
     model, rows, cpu = _tiny_classifier(), _rows(), torch.device("cpu")
@@ -133,7 +133,7 @@ def test_two_streams_give_one_streams_logits_in_input_order(two_torch_threads, m
 def test_an_error_in_a_stream_reaches_the_caller(two_torch_threads):
     import torch
 
-    import budgetlora.inference.evaluate as ev
+    import budgetlora.inference.runner as ev
     from budgetlora.data import Collator
 
     model, calls = _tiny_classifier(), []
@@ -152,7 +152,7 @@ def test_an_error_in_a_stream_reaches_the_caller(two_torch_threads):
 def test_no_rows_is_a_clear_error(two_torch_threads):
     import torch
 
-    import budgetlora.inference.evaluate as ev
+    import budgetlora.inference.runner as ev
     from budgetlora.data import Collator
 
     with pytest.raises(ValueError, match="no rows to predict"):

@@ -41,7 +41,9 @@ from budgetlora.cli import main
 from budgetlora.config import ModelConfig, load_config
 from budgetlora.errors import ConfigError, DataError, ModelLoadError
 from budgetlora.errors import TrainingDiverged
-from budgetlora.training.trainer import JsonlLog, oom_message
+from budgetlora.training.faults import inject_loss_fault
+from budgetlora.training.outputs import JsonlLog
+from budgetlora.training.trainer import oom_message
 from tiny import write_agnews_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,19 +328,15 @@ def _error_line(capsys, strict: bool = True) -> str:
 def test_nan_loss_stops_keeps_last_good_checkpoint_and_resumes_with_lower_lr(
     tmp_path, base_args, reference, monkeypatch, capsys
 ):
-    import budgetlora.training.trainer as train_mod
-
-    real = train_mod._loss_fn
     calls = {"n": 0}
 
-    def nan_at_step_6(*args, **kwargs):
+    def nan_at_step_6(loss):
         calls["n"] += 1
-        loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 6 else loss
 
-    monkeypatch.setattr(train_mod, "_loss_fn", nan_at_step_6)
     run = tmp_path / "run"
-    assert main(["train", *base_args, "--output-dir", str(run)]) == 2
+    with inject_loss_fault(nan_at_step_6):
+        assert main(["train", *base_args, "--output-dir", str(run)]) == 2
     line = _error_line(capsys, strict=False)
     assert "training diverged: the loss is nan at step 6" in line
     assert f"budgetlora train --resume {run} --lr 0.0005" in line and "step-5" in line
@@ -353,7 +351,6 @@ def test_nan_loss_stops_keeps_last_good_checkpoint_and_resumes_with_lower_lr(
     assert main(["train", "--resume", str(damaged)]) == 2
     assert "step-5: cannot read this checkpoint" in _error_line(capsys)
 
-    monkeypatch.setattr(train_mod, "_loss_fn", real)
     assert main(["train", "--resume", str(run), "--lr", "0.0005"]) == 0
     got, ref = _log(run), _log(reference)
     lr = {r["step"]: r["lr"] for r in got if "lr" in r}
@@ -428,13 +425,11 @@ def test_gpu_out_of_memory_message():
 
 
 def test_out_of_memory_in_the_loop_is_a_user_error(tmp_path, base_args, monkeypatch, capsys):
-    import budgetlora.training.trainer as train_mod
-
-    def oom(*args, **kwargs):
+    def oom(loss):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_mod, "_loss_fn", oom)
-    assert main(["train", *base_args, "--output-dir", str(tmp_path / "run")]) == 2
+    with inject_loss_fault(oom):
+        assert main(["train", *base_args, "--output-dir", str(tmp_path / "run")]) == 2
     line = _error_line(capsys, strict=False)
     assert "out of GPU memory with --batch-size 16: try --batch-size 8 --grad-accum 2" in line
     assert not (tmp_path / "run" / ".lock").exists()

@@ -9,7 +9,7 @@ import sys
 import time
 
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 
 run = LoadedRun(sys.argv[1])
 texts = load_file(sys.argv[2], run.cfg.data).texts

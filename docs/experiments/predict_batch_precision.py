@@ -3,7 +3,7 @@
 # on 2026-11-22 (2-core AMD EPYC, torch 2.13.0): python docs/experiments/predict_batch_precision.py
 # Needs: bash ../shared/models/get_pretrained.sh minilm and the README's MiniLM run in /tmp/acc/minilm-4k (budgetlora train ... --output-dir /tmp/acc/minilm-4k).
 import time, torch, copy
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 from budgetlora.data import load_file, encode
 from budgetlora.config import DataConfig
 run=LoadedRun('/tmp/acc/minilm-4k')

@@ -30,7 +30,7 @@ AttentionMaskInterface.register("cpu_bmm", eager_mask)
 
 
 import sys, time, copy, statistics
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 from budgetlora.data import load_file, encode
 run=LoadedRun(sys.argv[1])
 ts=load_file(sys.argv[2], run.cfg.data)

@@ -9,7 +9,7 @@ import sys
 import time
 
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 from budgetlora.modeling import FIRST_QUERY_ATTENTION
 
 run = LoadedRun(sys.argv[1])

@@ -5,7 +5,7 @@
 import time, torch, copy, warnings
 warnings.filterwarnings("ignore")
 from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig, default_dynamic_qconfig
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 from budgetlora.data import load_file, encode
 from budgetlora.config import DataConfig
 ts=load_file('../shared/data/ag_news/train_text_only.csv',DataConfig())

@@ -14,7 +14,7 @@ import torch
 import budgetlora.modeling
 from budgetlora.cli import keep_freed_memory
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 
 keep_freed_memory()  # as the `budgetlora` command does
 pack = budgetlora.modeling.pack_linear_layers

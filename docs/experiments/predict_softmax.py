@@ -11,7 +11,7 @@ import time
 import torch
 
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 from fp32_softmax_attention import NAME  # registers the attention with transformers
 
 

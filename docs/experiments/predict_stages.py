@@ -17,7 +17,8 @@ gc.freeze()
 gc.enable()
 t_import = time.perf_counter()
 from budgetlora.data import encode, load_file  # noqa: E402
-from budgetlora.inference.evaluate import LoadedRun, predict_logits  # noqa: E402
+from budgetlora.inference.runner import predict_logits  # noqa: E402
+from budgetlora.inference.runner import LoadedRun
 
 run = LoadedRun(sys.argv[1])
 t_load = time.perf_counter()

@@ -1,4 +1,4 @@
-# The inference loop of `budgetlora predict` (`budgetlora.inference.evaluate.predict_logits`) with one stream of
+# The inference loop of `budgetlora predict` (`budgetlora.inference.runner.predict_logits`) with one stream of
 # batches on torch's threads and with its default on a CPU (`inference_streams`: two Python threads
 # taking alternate batches, each on half of torch's threads). Interleaved rounds, texts/s, medians;
 # the logits of the two are compared. Behind the "two inference threads" row of docs/BENCHMARKS.md:
@@ -7,16 +7,16 @@ import statistics
 import sys
 import time
 
-import budgetlora.inference.evaluate
+import budgetlora.inference.runner
 from budgetlora.cli import keep_freed_memory
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 
 keep_freed_memory()  # as the `budgetlora` command does
 run = LoadedRun(sys.argv[1])
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 ids = encode(load_file(sys.argv[2], run.cfg.data).texts, run.tokenizer, run.max_length).input_ids
-default = budgetlora.inference.evaluate.inference_streams
+default = budgetlora.inference.runner.inference_streams
 variants = {"one stream": lambda device: 1, "default": default}
 
 
@@ -31,7 +31,7 @@ rates = {name: [] for name in variants}
 logits = {}
 for r in range(rounds):
     for name, streams in variants.items():
-        budgetlora.inference.evaluate.inference_streams = streams
+        budgetlora.inference.runner.inference_streams = streams
         rate, logits[name] = loop()
         rates[name].append(rate)
         print(f"round {r + 1}: {name:10s} ({streams(run.device)} stream(s)) {rate:.1f} texts/s", flush=True)

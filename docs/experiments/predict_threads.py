@@ -10,7 +10,7 @@ import time
 import torch
 
 from budgetlora.data import encode, load_file
-from budgetlora.inference.evaluate import LoadedRun, predict_logits
+from budgetlora.inference.runner import LoadedRun, predict_logits
 
 run = LoadedRun(sys.argv[1])
 batch = int(sys.argv[3]) if len(sys.argv) > 3 else 32

@@ -38,7 +38,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from budgetlora.data import encode, load_file  # noqa: E402
-from budgetlora.inference.evaluate import LoadedRun, predict_logits  # noqa: E402
+from budgetlora.inference.runner import predict_logits  # noqa: E402
+from budgetlora.inference.runner import LoadedRun
 
 run = LoadedRun(run_dir)
 ids = encode(load_file(input_csv, run.cfg.data).texts, run.tokenizer, run.max_length).input_ids[:2000]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shlex
 import sys
 import typing
 from typing import Any, Callable, Optional, Sequence
@@ -46,9 +47,14 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    from budgetlora.training.trainer import train_from_cli
+    from budgetlora.training.trainer import config_for_train, train
 
-    train_from_cli(recipe=ns.config, overrides=config_overrides(ns), resume=ns.resume, argv=ns._argv)
+    setup_logging()
+    cfg = config_for_train(ns.config, config_overrides(ns), ns.resume)
+    m = train(cfg, command="budgetlora " + shlex.join(["train", *ns._argv]), resume=bool(ns.resume))
+    print(f"best validation accuracy {m.best_eval_accuracy:.4f} (step {m.best_step}), "
+          f"{m.trainable_params:,} trainable params < budget {m.budget:,}, "
+          f"{m.train_samples_per_second:.1f} samples/s")
     return 0
 
 
@@ -110,6 +116,7 @@ def _int_list(text: str) -> list[int]:
 def cmd_search(ns: argparse.Namespace) -> int:
     from budgetlora.commands.search import search_from_cli
 
+    setup_logging()
     search_from_cli(ns.space, ns.study_dir, ns.trials, ns.timeout, config_overrides(ns))
     return 0
 
@@ -119,6 +126,20 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
     print(compare_command(ns.runs, output=ns.output, as_json=ns.json))
     return 0
+
+
+def setup_logging() -> None:
+    """The commands that train log their progress at INFO; offline, the Hub client would log
+    every retry, and our own one-line error says what happened."""
+    import logging
+    import os
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
+    # Tokenizers' own threads would fight the DataLoader and torch for the cores (and warn after a fork).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -482,9 +482,6 @@ def write_summary(study: Any, space: SearchSpace, overrides: dict[str, Any], stu
 
 def search_from_cli(space_file: str, study_dir: str, trials: int, timeout: Optional[float],
                     overrides: dict[str, Any]) -> dict[str, Any]:
-    from budgetlora.training.trainer import _setup_logging
-
-    _setup_logging()
     return run_search(space_file, study_dir, trials, timeout=timeout, overrides=overrides)
 
 

@@ -25,7 +25,7 @@ def predict_file(
     """One row per input row, in input order. ID = the input's id column, else the row index."""
     from budgetlora.config import DataConfig
     from budgetlora.data import load_file
-    from budgetlora.inference.evaluate import LoadedRun
+    from budgetlora.inference.runner import LoadedRun
     from budgetlora.core.files import atomic_write_text
 
     output_path = Path(output_path)
@@ -57,7 +57,7 @@ def predict_file(
 
 def predict_text(run_dir: Union[str, Path], text: str, model: Optional[str] = None) -> tuple[str, float]:
     """(label name, probability) of one text."""
-    from budgetlora.inference.evaluate import LoadedRun
+    from budgetlora.inference.runner import LoadedRun
 
     run = LoadedRun(run_dir, model=model)
     probs = run.logits([text], batch_size=1).softmax(-1)[0]

@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +33,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from budgetlora.core.files import atomic_path
 from budgetlora.errors import RunDirError, TrainingDiverged, UserError
+from budgetlora.training.state import LogWindow, TrainState
 
 CKPT_DIR = "checkpoints"
 PREFIX = "step-"
@@ -63,27 +64,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(out: Path, state, model: torch.nn.Module, optimizer, scheduler, keep: int) -> Path:
+def save(out: Path, state: TrainState, model: torch.nn.Module, optimizer, scheduler, keep: int,
+         window: Optional[LogWindow] = None) -> Path:
     root = Path(out) / CKPT_DIR
     root.mkdir(exist_ok=True)
     final = root / f"{PREFIX}{state.step}"
-    tmp = root / f".tmp-{PREFIX}{state.step}-{os.getpid()}"
     _test_delay()
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
-    _test_delay()
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # the same step saved again (e.g. a signal right after a scheduled save)
-        _remove(final)
-    os.replace(tmp, final)  # the commit point: before it the old checkpoints stand, after it the new one
+    # The rename at the end of the block is the commit point: before it the old checkpoints stand,
+    # after it the new one (a step saved twice, e.g. a signal right after a scheduled save, replaces
+    # the earlier folder the same way).
+    with atomic_path(final, directory=True) as tmp:
+        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        _test_delay()
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        flat = {**state.state_dict(), **(window or LogWindow()).state_dict()}
+        (tmp / "state.json").write_text(json.dumps(flat), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     _fsync_dir(root)
     _prune(root, keep)
     return final
@@ -136,10 +136,10 @@ def _complete(root: Path) -> list[Path]:
 def _prune(root: Path, keep: int) -> None:
     for d in _complete(root)[:-keep]:
         _remove(d)
-    for pattern in (f".tmp-{PREFIX}*", f".del-{PREFIX}*"):  # left by a run killed mid-write
+    # Left by a run killed mid-write; the run lock means no other writer is using them.
+    for pattern in (f".tmp-{PREFIX}*", f".old-{PREFIX}*", f".del-{PREFIX}*"):
         for d in root.glob(pattern):
-            if not d.name.endswith(f"-{os.getpid()}"):
-                shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def check_fresh_start(out: Path, overwrite: bool) -> None:
@@ -169,10 +169,8 @@ def latest(out: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
-    """Restore everything from the newest complete checkpoint; returns the TrainState."""
-    from budgetlora.training.state import TrainState
-
+def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[TrainState, LogWindow]:
+    """Restore everything from the newest complete checkpoint; returns the loop's progress."""
     ckpt = latest(out)
     if ckpt is None:
         raise UserError(f"{out}: no checkpoint to resume from (checkpoints/ is empty); start the run again")
@@ -181,7 +179,8 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
         optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
         scheduler_state = torch.load(ckpt / "scheduler.pt", weights_only=True)
         rng = torch.load(ckpt / "rng.pt", weights_only=True)
-        state = TrainState(**json.loads((ckpt / "state.json").read_text(encoding="utf-8")))
+        flat = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        state, window = TrainState.from_state_dict(flat), LogWindow.from_state_dict(flat)
     except Exception as e:  # damaged on disk, or written by another budgetlora version
         text = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{ckpt}: cannot read this checkpoint ({type(e).__name__}: {text}); delete "
@@ -206,22 +205,22 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     _set_rng_state(rng)
-    return state
+    return state, window
 
 
 def all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def maybe_save(out: Path, state, model, optimizer, scheduler, cfg, *, end_of_epoch: bool, force: bool = False) -> None:
+def maybe_save(out: Path, state: TrainState, model, optimizer, scheduler, cfg, *, end_of_epoch: bool,
+               force: bool = False, window: Optional[LogWindow] = None) -> None:
     every = cfg.train.save_every
     if force or end_of_epoch or (every and state.step % every == 0):
         if not all_finite(model):
             # Never let NaN/inf weights become the "latest" checkpoint: the last good one must stay
             # the one a resume starts from.
-
             raise TrainingDiverged(diverged_message(out, state.step, "the weights became NaN or infinite", cfg.train.lr))
-        save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints)
+        save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints, window)
 
 
 def diverged_message(out: Path, step: int, what: str, lr: float) -> str:

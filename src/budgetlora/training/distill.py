@@ -20,16 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from budgetlora.config import RunConfig
+from safetensors.torch import load_file, save_file
+
+from budgetlora.config import RunConfig, load_config
+from budgetlora.core.device import inference_device
+from budgetlora.core.files import atomic_path
+from budgetlora.core.hub import load_tokenizer
+from budgetlora.data import tokenizer_fingerprint, update_hash_with_texts
 from budgetlora.errors import ConfigError, RunDirError
+from budgetlora.inference.runner import LoadedRun, inference_precision, predict_logits
+from budgetlora.modeling import read_adapter_meta
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +112,6 @@ def teacher_logits(
     batch_size: Optional[int] = None,
 ) -> torch.Tensor:
     """One teacher's fp32 logits on `texts`, from the cache when it holds them."""
-    from budgetlora.data import tokenizer_fingerprint
-    from budgetlora.modeling import load_tokenizer, read_adapter_meta
-
     folder = Path(run_dir).expanduser()
     adapter = folder / "adapter"
     if not adapter.is_dir():
@@ -129,8 +132,6 @@ def teacher_logits(
         log.info("teacher %s: reusing cached logits %s", run_dir, path)
         return cached
 
-    from budgetlora.inference.evaluate import LoadedRun, predict_logits
-
     log.info("teacher %s: computing logits for %d training rows (once; cached in %s)", run_dir, len(texts), path)
     run = LoadedRun(folder)
     same_ids = fingerprint == tokenizer_fingerprint(student_tokenizer) and max_length == student_max_length
@@ -146,16 +147,11 @@ def teacher_logits(
 
 def _precision_of(folder: Path) -> str:
     """The precision LoadedRun will run the teacher at (bf16 and fp32 logits differ slightly)."""
-    from budgetlora.config import load_config
-    from budgetlora.inference.evaluate import inference_device, inference_precision
-
     cfg_path = folder / "config.yaml"
     return inference_precision(load_config(cfg_path) if cfg_path.is_file() else None, inference_device())
 
 
 def _cache_key(folder: Path, meta: dict, fingerprint: str, max_length: int, precision: str, texts: list[str]) -> str:
-    from budgetlora.data import update_hash_with_texts
-
     h = hashlib.sha256(_CACHE_VERSION)
     for f in sorted((folder / "adapter").glob("adapter_*")):  # the weights and peft's config
         h.update(f.name.encode())
@@ -171,8 +167,6 @@ def _load(path: Path, rows: int, num_labels: int) -> Optional[torch.Tensor]:
     if not path.is_file():
         return None
     try:
-        from safetensors.torch import load_file
-
         logits = load_file(str(path))["logits"]
         if tuple(logits.shape) != (rows, num_labels) or not torch.isfinite(logits).all():
             raise ValueError(f"shape {tuple(logits.shape)}")
@@ -183,17 +177,8 @@ def _load(path: Path, rows: int, num_labels: int) -> Optional[torch.Tensor]:
 
 
 def _save(path: Path, logits: torch.Tensor, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".teacher-", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"logits": logits.float().contiguous()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file({"logits": logits.float().contiguous()}, str(tmp), metadata=metadata)
     except OSError as e:
         log.warning("could not write the teacher cache %s (%s)", path, e)
