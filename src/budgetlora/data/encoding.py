@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from budgetlora.core.files import atomic_path
 from budgetlora.data.checks import short_reason
 
 log = logging.getLogger(__name__)
@@ -128,16 +127,10 @@ def _save_cached(path: Path, ids: list[list[int]]) -> None:
     np.cumsum([len(x) for x in ids], out=offsets[1:])
     flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader never sees half a file (runs may share a cache).
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=flat, offsets=offsets)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Write then rename, so a reader never sees half a file (runs may share a cache). A file
+        # object, not the path: np.savez would append ".npz" to the temporary name.
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=flat, offsets=offsets)
     except OSError as e:
         log.warning("could not write the token cache %s (%s)", path, short_reason(e))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -42,6 +43,21 @@ def test_encode_cache_hit(tokenizer, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.npz"))) == 3
     files[0].write_bytes(b"damaged")  # a broken cache entry is recomputed
     assert encode(texts, tokenizer, 32, cache_dir=tmp_path).input_ids == first.input_ids
+
+
+def test_encode_cache_write_leaves_only_entries(tokenizer, tmp_path, caplog):
+    texts, _ = make_texts(20, seed=6)
+    cache = tmp_path / "not" / "yet"  # created on the first write
+    first = encode(texts, tokenizer, 32, cache_dir=cache)
+    encode(texts[:5], tokenizer, 32, cache_dir=cache)
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and all(n.startswith("tokens-") and n.endswith(".npz") for n in files), files
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level(logging.WARNING, logger="budgetlora.data"):
+        # an unwritable cache is only a lost shortcut: the ids still come back
+        assert encode(texts, tokenizer, 32, cache_dir=blocked).input_ids == first.input_ids
+    assert "could not write the token cache" in caplog.text
 
 
 def test_encode_megabyte_text_is_cheap(tokenizer):
