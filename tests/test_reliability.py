@@ -768,7 +768,7 @@ def test_remote_code_is_not_run_by_default(tmp_path, tiny_model_dir, refused):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fuzz: the loaders not fuzzed in test_data.py (recipes, parquet, model config, log.jsonl):
+# Fuzz: the loaders not fuzzed in test_data_readers.py (recipes, parquet, model config, log.jsonl):
 # any bytes give a value or the loader's clear one-line error, never another exception.
 # ---------------------------------------------------------------------------------------------
 
