@@ -46,7 +46,7 @@ from budgetlora.training.outputs import JsonlLog
 from budgetlora.training.trainer import oom_message
 from tiny import write_agnews_csv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMING_KEYS = {"samples_per_second"}  # wall-clock dependent; everything else must match
 # 96 rows -> 86 train / 10 validation, 6 batches of 16 per epoch, 12 optimizer steps in 2 epochs;
 # evaluation at steps 4, 6 (epoch end), 8, 12; a checkpoint after every step, the last 2 kept.
