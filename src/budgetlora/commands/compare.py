@@ -12,18 +12,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from budgetlora.errors import RunDirError
+from budgetlora.training.outputs import read_metrics_file
 
 
 def read_run(run_dir: Union[str, Path]) -> dict[str, Any]:
     """One row: the run's settings and scores; RunDirError when it is not a finished run."""
     folder = Path(run_dir)
-    metrics_path = folder / "metrics.json"
-    if not metrics_path.is_file():
-        raise RunDirError(f"{run_dir}: not a finished budgetlora run (no metrics.json)")
-    try:
-        m = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{metrics_path}: unreadable ({e})") from None
+    m = read_metrics_file(folder)
     evals: dict[str, float] = {}
     for report in sorted((folder / "eval").glob("*.json")):
         try:

@@ -72,13 +72,25 @@ class RunMetrics:
     @classmethod
     def read(cls, run_dir: Union[str, Path]) -> "RunMetrics":
         """The metrics of a finished run, or a one-line error saying the folder is not one."""
-        path = Path(run_dir) / METRICS_FILE
-        if not path.is_file():
-            raise RunDirError(f"{run_dir}: not a finished budgetlora run (no {METRICS_FILE})")
+        d = read_metrics_file(run_dir)
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as e:
-            raise RunDirError(f"{path}: unreadable ({e})") from None
+            return cls.from_dict(d)
+        except TypeError as e:  # a required field missing
+            raise RunDirError(f"{Path(run_dir) / METRICS_FILE}: unreadable ({e})") from None
+
+
+def read_metrics_file(run_dir: Union[str, Path]) -> dict[str, Any]:
+    """metrics.json as written, for readers that take whatever fields a run has (compare)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a finished budgetlora run (no {METRICS_FILE})")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path}: unreadable ({e})") from None
+    if not isinstance(d, dict):
+        raise RunDirError(f"{path}: unreadable (not a JSON object)")
+    return d
 
 
 class JsonlLog:
