@@ -79,8 +79,10 @@ def encode(
     max_length: int,
     labels: Optional[Sequence[int]] = None,
     cache_dir: Optional[Path] = None,
+    write_cache: bool = True,
 ) -> Encoded:
-    """Tokenize every text once (truncated, unpadded), reusing a cached result when there is one."""
+    """Tokenize every text once (truncated, unpadded), reusing a cached result when there is one.
+    `write_cache=False` reads the cache but never adds to it (processes other than a run's main one)."""
     if labels is not None and len(labels) != len(texts):
         raise ValueError(f"{len(labels)} labels for {len(texts)} texts")
     label_list = [int(y) for y in labels] if labels is not None else None
@@ -101,7 +103,7 @@ def encode(
         ids = [x if isinstance(x, list) else list(x) for x in ids]
     else:
         ids = []
-    if path is not None:
+    if path is not None and write_cache:
         _save_cached(path, ids)
     return Encoded(ids, label_list)
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from budgetlora.core.distributed import Processes
 from budgetlora.core.files import atomic_path
 from budgetlora.errors import RunDirError, TrainingDiverged, UserError
 from budgetlora.training.state import LogWindow, TrainState
@@ -65,7 +66,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save(out: Path, state: TrainState, model: torch.nn.Module, optimizer, scheduler, keep: int,
-         window: Optional[LogWindow] = None) -> Path:
+         window: Optional[LogWindow] = None, rng_states: Optional[list[dict[str, Any]]] = None) -> Path:
+    """Write `checkpoints/step-<N>/`. `rng_states` holds every process's RNG states in rank order
+    (default: this process's alone); rank 0's go to rng.pt as in a one-process run."""
+    rng_states = rng_states or [rng_state()]
     root = Path(out) / CKPT_DIR
     root.mkdir(exist_ok=True)
     final = root / f"{PREFIX}{state.step}"
@@ -78,8 +82,9 @@ def save(out: Path, state: TrainState, model: torch.nn.Module, optimizer, schedu
         _test_delay()
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        flat = {**state.state_dict(), **(window or LogWindow()).state_dict()}
+        for rank, rng in enumerate(rng_states):
+            torch.save(rng, tmp / _rng_file(rank))
+        flat = {**state.state_dict(), **(window or LogWindow()).state_dict(), "world_size": len(rng_states)}
         (tmp / "state.json").write_text(json.dumps(flat), encoding="utf-8")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -89,7 +94,11 @@ def save(out: Path, state: TrainState, model: torch.nn.Module, optimizer, schedu
     return final
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
+
+
+def rng_state() -> dict[str, Any]:
     """Every RNG the loop draws from, as types `torch.load(weights_only=True)` accepts."""
     version, key, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -169,8 +178,11 @@ def latest(out: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
-def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[TrainState, LogWindow]:
-    """Restore everything from the newest complete checkpoint; returns the loop's progress."""
+def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler,
+                rank: int = 0) -> tuple[TrainState, LogWindow, int]:
+    """Restore everything from the newest complete checkpoint; returns the loop's progress and the
+    number of processes that wrote it. A process whose rank the checkpoint has no RNG states for
+    (more processes than before) takes rank 0's."""
     ckpt = latest(out)
     if ckpt is None:
         raise UserError(f"{out}: no checkpoint to resume from (checkpoints/ is empty); start the run again")
@@ -178,7 +190,8 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler) -> tupl
         weights = load_file(str(ckpt / "trainable.safetensors"))
         optimizer_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
         scheduler_state = torch.load(ckpt / "scheduler.pt", weights_only=True)
-        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+        own = ckpt / _rng_file(rank)
+        rng = torch.load(own if own.is_file() else ckpt / "rng.pt", weights_only=True)
         flat = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         state, window = TrainState.from_state_dict(flat), LogWindow.from_state_dict(flat)
     except Exception as e:  # damaged on disk, or written by another budgetlora version
@@ -205,7 +218,7 @@ def load_latest(out: Path, model: torch.nn.Module, optimizer, scheduler) -> tupl
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     _set_rng_state(rng)
-    return state, window
+    return state, window, int(flat.get("world_size", 1))
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -213,14 +226,18 @@ def all_finite(model: torch.nn.Module) -> bool:
 
 
 def maybe_save(out: Path, state: TrainState, model, optimizer, scheduler, cfg, *, end_of_epoch: bool,
-               force: bool = False, window: Optional[LogWindow] = None) -> None:
+               force: bool = False, window: Optional[LogWindow] = None, procs: Processes = Processes()) -> None:
+    """Save when the schedule says so. Every process calls it (their RNG states are gathered);
+    the main process alone writes."""
     every = cfg.train.save_every
     if force or end_of_epoch or (every and state.step % every == 0):
         if not all_finite(model):
             # Never let NaN/inf weights become the "latest" checkpoint: the last good one must stay
-            # the one a resume starts from.
+            # the one a resume starts from. The replicas are identical, so every process stops here.
             raise TrainingDiverged(diverged_message(out, state.step, "the weights became NaN or infinite", cfg.train.lr))
-        save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints, window)
+        rngs = procs.gather(rng_state())
+        if procs.is_main:
+            save(out, state, model, optimizer, scheduler, cfg.train.keep_checkpoints, window, rngs)
 
 
 def diverged_message(out: Path, step: int, what: str, lr: float) -> str:

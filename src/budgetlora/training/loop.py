@@ -4,6 +4,7 @@ early stopping says so; each step is `train_step` on its micro-batches, then the
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -13,9 +14,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from budgetlora.config import RunConfig, TrainConfig
+from budgetlora.core.distributed import Processes
 from budgetlora.core.signals import stop_signals_handled
-from budgetlora.errors import TrainingDiverged, TrainingInterrupted
-from budgetlora.inference.runner import accuracy_and_loss
+from budgetlora.errors import TrainingDiverged, TrainingInterrupted, UserError
+from budgetlora.inference.runner import accuracy_and_loss, predict_logits
 from budgetlora.modeling import save_adapter
 from budgetlora.training import checkpoint as ckpt
 from budgetlora.training import distill
@@ -32,12 +34,16 @@ class StopRequest:
     at a step boundary with a checkpoint instead of dying mid-update."""
 
     def __init__(self) -> None:
-        self.requested: Optional[str] = None
+        self.signum = 0  # the signal received, 0 while none
+
+    @property
+    def requested(self) -> Optional[str]:
+        return signal.Signals(self.signum).name if self.signum else None
 
     def handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second signal: the user really wants out now
+        if self.signum:  # a second signal: the user really wants out now
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.signum = signum
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Run:
     state: TrainState
     window: LogWindow
     log: JsonlLog
+    procs: Processes = field(default_factory=Processes)
     stop: StopRequest = field(default_factory=StopRequest)
     tick: float = 0.0  # when the current optimizer step's time started counting
     last_eval_accuracy: float = float("nan")
@@ -73,7 +80,8 @@ def fit(run: Run, on_eval: Optional[OnEval] = None) -> None:
     e, state = run.engine, run.state
     if state.best_eval_accuracy >= 0:
         run.last_eval_accuracy = state.best_eval_accuracy
-    bar = tqdm(total=e.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=e.total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not run.procs.is_main)
     try:
         with stop_signals_handled(run.stop.handle):
             while state.step < e.total_steps and not state.stopped_early:
@@ -84,6 +92,13 @@ def fit(run: Run, on_eval: Optional[OnEval] = None) -> None:
                 if state.batch_in_epoch >= e.batches_per_epoch:
                     state.epoch += 1
                     state.batch_in_epoch = 0
+    except RuntimeError as err:
+        if not run.procs.several:
+            raise
+        # A collective step failed: another process of the run died (killed, out of memory) and
+        # the launcher is tearing the run down. Say so in one line instead of gloo's traceback.
+        raise UserError(f"another process of this run stopped ({str(err).splitlines()[0][:160]}); the last "
+                        f"complete checkpoint is kept: run the same launch command with --resume {run.out}") from None
     finally:
         bar.close()  # ends the progress line, so an error message starts a line of its own
 
@@ -111,8 +126,10 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> None:
         with e.accelerator.autocast():
             logits = e.model(**batch).logits
         loss = apply_loss_fault(compute_loss(logits, labels, t, teacher_logits))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(ckpt.diverged_message(run.out, state.step + 1, f"the loss is {loss.item()}", t.lr))
+        loss_sum, correct, rows, tokens = _step_totals(run, loss, logits, labels, batch["attention_mask"])
+        if not math.isfinite(loss_sum):  # on any process: every one stops here, before the update
+            what = f"the loss is {loss.item() if not run.procs.several else loss_sum / rows}"
+            raise TrainingDiverged(ckpt.diverged_message(run.out, state.step + 1, what, t.lr))
         e.accelerator.backward(loss)
         if e.accelerator.sync_gradients and t.max_grad_norm > 0:
             e.accelerator.clip_grad_norm_(e.model.parameters(), t.max_grad_norm)
@@ -120,10 +137,22 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> None:
         if e.accelerator.sync_gradients:
             e.scheduler.step()
         e.optimizer.zero_grad(set_to_none=True)
+    state.samples_seen += rows
+    state.tokens_seen += tokens
+    run.window.add_sums(loss_sum, correct, rows)
     state.batch_in_epoch += 1
-    state.samples_seen += labels.numel()
-    state.tokens_seen += int(batch["attention_mask"].sum())
-    run.window.add(loss.item(), int((logits.argmax(-1) == labels).sum()), labels.numel())
+
+
+def _step_totals(run: Run, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[float, int, int, int]:
+    """(loss summed over rows, correct, rows, tokens) of this micro-batch over every process, so
+    that counts, the log window and the NaN check are the same on all of them."""
+    rows = labels.numel()
+    totals = (loss.item() * rows, int((logits.argmax(-1) == labels).sum()), rows, int(mask.sum()))
+    if not run.procs.several:
+        return totals
+    loss_sum, correct, rows, tokens = run.procs.sum(totals)
+    return loss_sum, int(correct), int(rows), int(tokens)
 
 
 def after_step(run: Run, bar: Any, on_eval: Optional[OnEval]) -> bool:
@@ -142,8 +171,9 @@ def after_step(run: Run, bar: Any, on_eval: Optional[OnEval]) -> bool:
         e.model.train()
         if t.patience and state.evals_without_improvement >= t.patience:
             state.stopped_early = True
-    ckpt.maybe_save(run.out, state, e.unwrapped(), e.optimizer, e.scheduler, run.cfg,
-                    end_of_epoch=end_of_epoch, force=bool(run.stop.requested), window=run.window)
+    run.stop.signum = run.procs.max(run.stop.signum)  # a signal to any process stops them all
+    ckpt.maybe_save(run.out, state, e.unwrapped(), e.optimizer, e.scheduler, run.cfg, end_of_epoch=end_of_epoch,
+                    force=bool(run.stop.signum), window=run.window, procs=run.procs)
     if run.stop.requested:
         raise TrainingInterrupted(f"stopped by {run.stop.requested} at step {state.step}; a checkpoint is saved: "
                                   f"budgetlora train --resume {run.out}")
@@ -170,13 +200,31 @@ def log_training(run: Run, bar: Any) -> None:
 def evaluate(run: Run) -> float:
     """Validation accuracy and loss now; the adapter is saved when it is the best so far."""
     e, state = run.engine, run.state
-    accuracy, loss = accuracy_and_loss(e.unwrapped(), run.data.eval, run.cfg.train.eval_batch_size,
-                                       e.collate, e.device, e.precision)
+    if run.procs.several:
+        accuracy, loss = _sharded_accuracy_and_loss(run)
+    else:
+        accuracy, loss = accuracy_and_loss(e.unwrapped(), run.data.eval, run.cfg.train.eval_batch_size,
+                                           e.collate, e.device, e.precision)
     record = {"step": state.step, "epoch": round(state.step / e.steps_per_epoch, 4),
               "eval_accuracy": accuracy, "eval_loss": loss}
     state.history.append(record)
     run.log.write(record)
-    if state.record_eval(accuracy):
+    if state.record_eval(accuracy) and run.procs.is_main:
         save_adapter(e.unwrapped(), run.tokenizer, run.cfg, run.label_names, run.out / "adapter")
     run.last_eval_accuracy = accuracy
     return accuracy
+
+
+def _sharded_accuracy_and_loss(run: Run) -> tuple[float, float]:
+    """Each process scores rows rank, rank + N, ...; the sums over all of them count every
+    validation row exactly once, whatever the remainder."""
+    e, procs, enc = run.engine, run.procs, run.data.eval
+    ids = enc.input_ids[procs.rank::procs.world_size]
+    loss_sum, correct = 0.0, 0
+    if ids:
+        logits = predict_logits(e.unwrapped(), ids, run.cfg.train.eval_batch_size, e.collate, e.device, e.precision)
+        labels = torch.as_tensor(enc.labels[procs.rank::procs.world_size])
+        loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        correct = int((logits.argmax(-1) == labels).sum())
+    loss_sum, correct, rows = procs.sum([loss_sum, correct, len(ids)])
+    return correct / rows, loss_sum / rows

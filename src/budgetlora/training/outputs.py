@@ -94,10 +94,13 @@ def read_metrics_file(run_dir: Union[str, Path]) -> dict[str, Any]:
 
 
 class JsonlLog:
-    """log.jsonl: one JSON object per logged step or evaluation, flushed as written."""
+    """log.jsonl: one JSON object per logged step or evaluation, flushed as written. A log that is
+    not `enabled` (a process other than a run's main one) writes nothing."""
 
-    def __init__(self, path: Path, keep_up_to_step: Optional[int] = None):
-        self.path = path
+    def __init__(self, path: Path, keep_up_to_step: Optional[int] = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if keep_up_to_step is not None and path.exists():
             # On resume, drop records written after the checkpoint so the log matches the state.
             atomic_write_text(path, "".join(line + "\n" for line in _lines_up_to(path, keep_up_to_step)))
@@ -105,8 +108,9 @@ class JsonlLog:
             path.write_text("", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def _lines_up_to(path: Path, step: int) -> list[str]:

@@ -19,7 +19,9 @@ import torch
 
 from budgetlora import budget as budget_mod
 from budgetlora.config import RunConfig, TrainConfig
+from budgetlora.errors import ConfigError
 from budgetlora.core.device import resolve_precision
+from budgetlora.core.distributed import Processes
 from budgetlora.core.hub import load_hf_config, load_tokenizer
 from budgetlora.data import Collator, Encoded, EncodedDataset, encode, length_filter_indices, prepare_splits, train_batch_sampler
 from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches
@@ -59,16 +61,26 @@ class PreparedData:
     pad_id: int
 
 
-def setup_data(cfg: RunConfig, checked: BudgetCheck, cache_dir: Path) -> PreparedData:
+def setup_data(cfg: RunConfig, checked: BudgetCheck, cache_dir: Path, procs: Processes = Processes()) -> PreparedData:
+    """The main process tokenizes first and fills the cache; the others then read it and never
+    write into the run folder."""
+    return procs.main_first(lambda: _prepare_data(cfg, checked, cache_dir, write_cache=True),
+                            lambda: _prepare_data(cfg, checked, cache_dir, write_cache=False))
+
+
+def _prepare_data(cfg: RunConfig, checked: BudgetCheck, cache_dir: Path, write_cache: bool) -> PreparedData:
     tok, splits, max_length = checked.tokenizer, checked.splits, cfg.data.max_length
-    enc_train = encode(splits.train.texts, tok, max_length, labels=splits.train.labels, cache_dir=cache_dir)
-    enc_eval = encode(splits.eval.texts, tok, max_length, labels=splits.eval.labels, cache_dir=cache_dir)
+    enc_train = encode(splits.train.texts, tok, max_length, labels=splits.train.labels, cache_dir=cache_dir,
+                       write_cache=write_cache)
+    enc_eval = encode(splits.eval.texts, tok, max_length, labels=splits.eval.labels, cache_dir=cache_dir,
+                      write_cache=write_cache)
     teacher = None
     if cfg.train.teacher:  # distillation: the teacher's logits on every training row, computed once
         teacher = training_targets(cfg, splits.train.texts, enc_train, tok, checked.label_names, cache_dir)
     if cfg.data.length_filter:
         keep = length_filter_indices(enc_train.lengths, *cfg.data.length_filter)
-        log.info("length filter kept %d of %d training rows", len(keep), len(enc_train.input_ids))
+        if write_cache:  # said once, by the main process
+            log.info("length filter kept %d of %d training rows", len(keep), len(enc_train.input_ids))
         enc_train = type(enc_train)([enc_train.input_ids[i] for i in keep], [enc_train.labels[i] for i in keep])
         teacher = teacher[keep] if teacher is not None else None
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -118,7 +130,8 @@ class Engine:
         return self.accelerator.unwrap_model(self.model)
 
 
-def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData) -> Engine:
+def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData,
+                 procs: Processes = Processes()) -> Engine:
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
@@ -127,7 +140,7 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData) -> 
     # that may run several times in one process with different precisions, so start afresh.
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
-                              gradient_accumulation_steps=t.grad_accum)
+                              gradient_accumulation_steps=t.grad_accum, **_parallel_options(t, procs))
     collate = Collator(data.pad_id)
     sampler = train_batch_sampler(data.train.lengths, t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
     extra = {"teacher_logits": data.teacher} if data.teacher is not None else None
@@ -139,7 +152,7 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData) -> 
     if t.compile:
         model = torch.compile(model)
     # The loader is prepared too: Accelerate moves batches to the device and, with several
-    # processes, gives each its own share of every epoch's batches.
+    # processes, gives each its share of every batch (split_batches below).
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     batches_per_epoch = len(loader)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / t.grad_accum))
@@ -148,6 +161,27 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData) -> 
     scheduler = make_scheduler(optimizer, t, total_steps)
     return Engine(accelerator, precision, model, optimizer, scheduler, loader, sampler, collate,
                   batches_per_epoch, steps_per_epoch, total_steps)
+
+
+def check_batch_split(t: TrainConfig, procs: Processes) -> None:
+    """Each micro-batch is split evenly across the processes (see `_parallel_options`)."""
+    if procs.several and t.batch_size % procs.world_size:
+        raise ConfigError(f"batch_size: {t.batch_size} rows per step cannot be split evenly over "
+                          f"{procs.world_size} processes; use a multiple of {procs.world_size}")
+
+
+def _parallel_options(t: TrainConfig, procs: Processes) -> dict[str, Any]:
+    """With several processes, each micro-batch of `batch_size` rows (the same rows, in the same
+    length-grouped order, as one process would train on) is split evenly across them, so the
+    number of processes changes the speed, not the training. DDP is told that some trainable
+    parameters may get no gradient in a step (a head module peft keeps but the forward skips);
+    without it such a model stops with a reduction error in its second step."""
+    if not procs.several:
+        return {}
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+    return {"dataloader_config": DataLoaderConfiguration(split_batches=True),
+            "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
 
 
 def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict[str, Any]]:

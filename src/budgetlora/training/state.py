@@ -56,7 +56,11 @@ class LogWindow:
     seen: int = 0
 
     def add(self, loss: float, correct: int, rows: int) -> None:
-        self.loss_sum += loss * rows
+        """One micro-batch: its mean loss, correct predictions and rows."""
+        self.add_sums(loss * rows, correct, rows)
+
+    def add_sums(self, loss_sum: float, correct: int, rows: int) -> None:
+        self.loss_sum += loss_sum
         self.correct += correct
         self.seen += rows
 

@@ -21,12 +21,13 @@ import torch
 
 from budgetlora.config import RunConfig, load_config
 from budgetlora.core.device import machine_description
+from budgetlora.core.distributed import Processes
 from budgetlora.core.files import RunLock, atomic_write_text, is_finished_run, prepare_output_dir
 from budgetlora.errors import UserError
 from budgetlora.training import checkpoint as ckpt
 from budgetlora.training.loop import OnEval, Run, fit
 from budgetlora.training.outputs import JsonlLog, RunMetrics, write_outputs
-from budgetlora.training.setup import check_budget_first, setup_data, setup_engine, setup_model
+from budgetlora.training.setup import check_batch_split, check_budget_first, setup_data, setup_engine, setup_model
 from budgetlora.training.state import LogWindow, TrainState
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,19 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
           on_eval: Optional[OnEval] = None) -> RunMetrics:
     """Train under the budget and write the run folder; returns the run's metrics.
 
+    Under torchrun or `accelerate launch` every process calls it; the main process alone writes
+    the run folder, and every process returns the same metrics or raises the same error.
     `on_eval(step, eval_accuracy)` is called after every evaluation; it may raise to stop the run
     (`budgetlora search` raises optuna.TrialPruned there).
     """
     cfg.validate()
+    procs = Processes.start()
+    check_batch_split(cfg.train, procs)
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
-    with run_folder(cfg) as out:
+    with run_folder(cfg, procs) as out:
         try:
-            run = setup(cfg, out, resume)
+            run = setup(cfg, out, resume, procs)
             fit(run, on_eval)
             return finalize(run, command)
         except torch.cuda.OutOfMemoryError:  # the step, the evaluation or the model's move to the GPU
@@ -64,44 +69,54 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
 
 
 @contextlib.contextmanager
-def run_folder(cfg: RunConfig) -> Iterator[Path]:
-    """The output folder, locked for this run; a run refused before writing anything leaves no
-    empty folder behind."""
+def run_folder(cfg: RunConfig, procs: Processes = Processes()) -> Iterator[Path]:
+    """The output folder, locked by the main process for this run; a run refused before writing
+    anything leaves no empty folder behind."""
     created = not Path(cfg.output_dir or "").expanduser().exists()
-    out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
-    lock = RunLock(out).acquire()
+
+    def take() -> tuple[Path, Optional[RunLock]]:
+        out = prepare_output_dir(cfg.output_dir, overwrite=cfg.overwrite)
+        return out, RunLock(out).acquire()
+
+    out, lock = procs.main_first(take, lambda: (Path(cfg.output_dir).expanduser(), None))
     try:
         yield out
     finally:
-        lock.release()
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if lock is not None:
+            lock.release()
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
 
 
-def setup(cfg: RunConfig, out: Path, resume: bool) -> Run:
+def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes()) -> Run:
     from accelerate.utils import set_seed
 
     t = cfg.train
     set_seed(t.seed)
     if not resume:
-        ckpt.check_fresh_start(out, cfg.overwrite)
+        procs.main_first(lambda: ckpt.check_fresh_start(out, cfg.overwrite), lambda: None)
     checked = check_budget_first(cfg)
-    data = setup_data(cfg, checked, out / "cache")
+    data = setup_data(cfg, checked, out / "cache", procs)
     model = setup_model(cfg, checked)
-    if not resume:  # every input is known good now: only then replace anything in the folder
+    if not resume and procs.is_main:  # every input is known good now: only then replace anything
         ckpt.clear_previous_run(out)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    engine = setup_engine(t, model.model, data)
+    engine = setup_engine(t, model.model, data, procs)
     state, window = TrainState(), LogWindow()
     if resume and ckpt.latest(out) is not None:
-        state, window = ckpt.load_latest(out, engine.unwrapped(), engine.optimizer, engine.scheduler)
-        logger = JsonlLog(out / "log.jsonl", keep_up_to_step=state.step)
+        state, window, written_by = ckpt.load_latest(out, engine.unwrapped(), engine.optimizer, engine.scheduler,
+                                                     procs.rank)
+        if written_by != procs.world_size and procs.is_main:
+            log.warning("resuming a checkpoint of %d processes with %d: the same rows in the same order, "
+                        "but dropout draws differ from an uninterrupted run", written_by, procs.world_size)
+        logger = JsonlLog(out / "log.jsonl", keep_up_to_step=state.step, enabled=procs.is_main)
     else:  # a new run, or one killed before its first checkpoint: step 0, as a new run would
-        logger = JsonlLog(out / "log.jsonl")
-    log.info("training %s: %d rows, %d steps, %s, %d trainable params (%s)", cfg.model.model,
-             len(data.train.input_ids), engine.total_steps, engine.precision, model.measured.total,
-             model.measured.describe())
-    return Run(cfg, out, checked.label_names, checked.tokenizer, data, model, engine, state, window, logger)
+        logger = JsonlLog(out / "log.jsonl", enabled=procs.is_main)
+    if procs.is_main:
+        log.info("training %s: %d rows, %d steps, %s, %d trainable params (%s), %d process(es)", cfg.model.model,
+                 len(data.train.input_ids), engine.total_steps, engine.precision, model.measured.total,
+                 model.measured.describe(), procs.world_size)
+    return Run(cfg, out, checked.label_names, checked.tokenizer, data, model, engine, state, window, logger, procs)
 
 
 def finalize(run: Run, command: Optional[str]) -> RunMetrics:
@@ -122,8 +137,11 @@ def finalize(run: Run, command: Optional[str]) -> RunMetrics:
         train_tokens_per_second=state.tokens_seen / seconds, train_runtime_s=state.train_seconds,
         precision=e.precision, device=str(e.device), machine=machine_description(), seed=cfg.train.seed,
         command=command or f"budgetlora train --config {run.out / 'config.yaml'}",
+        world_size=run.procs.world_size,
     )
-    write_outputs(run.out, cfg, metrics)
+    if run.procs.is_main:
+        write_outputs(run.out, cfg, metrics)
+    run.procs.barrier()  # no process returns before the run folder is complete
     return metrics
 
 
