@@ -99,6 +99,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
         output_dir=ns.output_dir, as_json=ns.json, sweep=ns.sweep, sweep_lengths=ns.sweep_lengths,
         sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, argv=ns._argv,
+        progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     ))
     return 0
 

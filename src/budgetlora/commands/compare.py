@@ -102,9 +102,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_comparison(rows: list[dict[str, Any]], out_path: Union[str, Path]) -> None:
     """Horizontal bars of best validation accuracy, each annotated with its trainable parameters."""
-    from budgetlora.core.plots import _pyplot
+    from budgetlora.core.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["run"] for r in rows]
     accs = [float(r["best_eval_accuracy"] or 0.0) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.6))

@@ -9,7 +9,8 @@ from typing import Sequence, Union
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot drawing to files (the Agg backend), for every figure the package writes."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works on machines without a display
@@ -20,7 +21,7 @@ def _pyplot():
 
 def plot_curves(log_path: Union[str, Path], out_path: Union[str, Path]) -> None:
     """Training loss and validation accuracy against optimizer step, from log.jsonl."""
-    plt = _pyplot()
+    plt = pyplot()
     records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_accuracy" in r]
@@ -40,7 +41,7 @@ def plot_curves(log_path: Union[str, Path], out_path: Union[str, Path]) -> None:
 
 
 def plot_confusion(matrix: np.ndarray, label_names: Sequence[str], out_path: Union[str, Path], title: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(5.5, 5))

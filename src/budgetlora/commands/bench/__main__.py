@@ -3,10 +3,10 @@
 
 import sys
 
-from budgetlora.commands.bench import _worker
+from budgetlora.commands.bench.worker import run_worker
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
-        sys.exit(_worker(sys.argv[2]))
+        sys.exit(run_worker(sys.argv[2]))
     print("usage: python -m budgetlora.commands.bench _worker SPEC.json  (internal; use `budgetlora bench`)", file=sys.stderr)
     sys.exit(2)

@@ -173,9 +173,9 @@ def test_bench_needs_a_train_file(bench_bert, capsys):
 def test_timed_commands_get_the_environment_the_bench_started_with(monkeypatch):
     # train() sets TOKENIZERS_PARALLELISM=false in the worker; the timed `budgetlora predict` must
     # still tokenize as it does from the user's shell
-    import budgetlora.commands.bench as bench
+    from budgetlora.commands.bench import processes
 
-    monkeypatch.setattr(bench, "_START_ENV", {"PATH": "/usr/bin"})
+    monkeypatch.setattr(processes, "_START_ENV", {"PATH": "/usr/bin"})
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    env = bench._child_env()
+    env = processes.child_env()
     assert "TOKENIZERS_PARALLELISM" not in env and env["PATH"] == "/usr/bin"
