@@ -14,7 +14,7 @@ from budgetlora.config import load_config
 from budgetlora.data import Collator, Encoded, EncodedDataset, encode, prepare_splits
 from budgetlora.errors import ConfigError, UserError
 from budgetlora.inference.evaluate import LoadedRun
-from budgetlora.modeling import load_tokenizer
+from budgetlora.core.hub import load_tokenizer
 from budgetlora.training.trainer import train
 
 

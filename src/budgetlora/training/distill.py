@@ -107,7 +107,8 @@ def teacher_logits(
 ) -> torch.Tensor:
     """One teacher's fp32 logits on `texts`, from the cache when it holds them."""
     from budgetlora.data import tokenizer_fingerprint
-    from budgetlora.modeling import load_tokenizer, read_adapter_meta
+    from budgetlora.core.hub import load_tokenizer
+    from budgetlora.modeling import read_adapter_meta
 
     folder = Path(run_dir).expanduser()
     adapter = folder / "adapter"

@@ -165,7 +165,8 @@ def train(
     from budgetlora.training import checkpoint as ckpt
     from budgetlora.data import Collator, EncodedDataset, encode, train_batch_sampler, length_filter_indices, prepare_splits
     from budgetlora.inference.evaluate import accuracy_and_loss
-    from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
+    from budgetlora.core.hub import load_hf_config, load_tokenizer
+    from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches, save_adapter
 
     cfg.validate()
     if resume and is_finished_run(Path(cfg.output_dir)):

@@ -408,7 +408,8 @@ def budgetlora_pipeline(
 
     from budgetlora.config import load_config
     from budgetlora.data import LengthGroupedBatchSampler, encode
-    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer, resolve_attn_implementation
+    from budgetlora.core.hub import load_hf_config, load_tokenizer
+    from budgetlora.modeling import add_lora, build_classifier_from_config, resolve_attn_implementation
     from budgetlora.training.trainer import train
 
     out_dir = Path(out_dir)
@@ -814,7 +815,8 @@ def scaling_sweep(
     import random
 
     from budgetlora.config import load_config
-    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
+    from budgetlora.core.hub import load_hf_config, load_tokenizer
+    from budgetlora.modeling import add_lora, build_classifier_from_config
     from budgetlora.training.trainer import train
 
     say = progress or (lambda msg: None)
