@@ -1,6 +1,6 @@
 # The inference loop of `budgetlora predict` with the last layer's attention for every query (as
 # transformers computes it) and for the first query only (`first_token_last_layer`'s attention,
-# `budgetlora.modeling._first_query_attention`), on one merged model whose last attention module is
+# `budgetlora.modeling.fast_paths._first_query_attention`), on one merged model whose last attention module is
 # switched between the two. Interleaved rounds, texts/s, medians; the logits are compared.
 # Behind the "first query" row of docs/BENCHMARKS.md (2026-11-22):
 #     python docs/experiments/predict_first_query.py RUN_DIR INPUT_CSV [ROUNDS]

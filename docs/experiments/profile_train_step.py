@@ -12,7 +12,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from budgetlora.config import load_config
 from budgetlora.data import Collator, encode, load_file, sorted_batches
-from budgetlora.modeling import build_model, load_tokenizer
+from budgetlora.core.hub import load_tokenizer
+from budgetlora.modeling import build_model
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
 SETTINGS = {"before": {"attn_implementation": "sdpa", "encoder_dropout": None, "first_token_last_layer": False},

@@ -22,7 +22,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from budgetlora.config import load_config
 from fp32_softmax_attention import NAME as FP32_SOFTMAX  # registers the attention with transformers
 from budgetlora.data import Collator, LengthGroupedBatchSampler, encode, load_file
-from budgetlora.modeling import build_model, load_tokenizer
+from budgetlora.core.hub import load_tokenizer
+from budgetlora.modeling import build_model
 
 M = os.path.expanduser("~/.cache/pretrained-encoders/all-MiniLM-L6-v2")
 # encoder_dropout None = the pretrained 0.1 everywhere, as before the change this measured; the

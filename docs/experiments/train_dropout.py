@@ -7,7 +7,8 @@ import os
 import time, torch, sys, warnings
 warnings.filterwarnings("ignore")
 from budgetlora.config import load_config
-from budgetlora.modeling import build_classifier, add_lora, load_hf_config, load_tokenizer
+from budgetlora.core.hub import load_hf_config, load_tokenizer
+from budgetlora.modeling import build_classifier, add_lora
 from budgetlora.data import load_file, encode, Collator, sorted_batches
 M=os.path.expanduser('~/.cache/pretrained-encoders/all-MiniLM-L6-v2')
 cfg=load_config(None,{'model':M,'attn_implementation':'sdpa','encoder_dropout':None,'first_token_last_layer':False})

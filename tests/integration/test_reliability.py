@@ -749,7 +749,7 @@ def test_pickle_weights_only_with_the_flag(tmp_path, tiny_model_dir, refused):
 
 
 def test_remote_code_is_not_run_by_default(tmp_path, tiny_model_dir, refused):
-    from budgetlora.modeling import load_hf_config
+    from budgetlora.core.hub import load_hf_config
 
     assert ModelConfig().trust_remote_code is False
     assert load_config(None, {"output_dir": "x"}).model.trust_remote_code is False
@@ -814,7 +814,7 @@ def test_fuzz_parquet(data, require_labels):
 @given(data=st.one_of(st.binary(max_size=200), st.text(alphabet='{}[]":, 0123456789abelmnostvy_.-', max_size=120)
                       .map(str.encode)))
 def test_fuzz_model_config(data):
-    from budgetlora.modeling import load_hf_config
+    from budgetlora.core.hub import load_hf_config
 
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "config.json").write_bytes(data)

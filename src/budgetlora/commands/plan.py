@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from budgetlora.budget import (
-    Analysis, Breakdown, Inventory, _NeedsMeta, analyse, check_budget, count_on_meta, describe_model,
-    estimate, inventory_from_model, load_config_only, module_inventory,
+    Analysis, Breakdown, NeedsMeta, analyse, check_budget, count_on_meta, describe_model, estimate,
+    inventory_from_model, load_config_only,
 )
 from budgetlora.config import DEFAULT_BUDGET, LoraConfig, ModelConfig, RunConfig, to_flags
 from budgetlora.errors import BudgetError, ConfigError
 from budgetlora.flags import add_train_arguments, config_overrides
+from budgetlora.modeling import Inventory, module_inventory
 
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
@@ -149,18 +150,9 @@ def _inventories(hf_config: Any, num_labels: int) -> dict[str, Inventory]:
 def _meta_inventory(hf_config: Any, head: str, num_labels: int) -> Inventory:
     """For an architecture without an analytic description: read the module tree off a model
     built on the meta device. Candidates planned on it are re-counted by peft (see `plan`)."""
-    import copy
-    import warnings
+    from budgetlora.modeling import build_on_meta
 
-    import torch
-
-    from budgetlora.modeling import build_classifier_from_config
-
-    cfg = copy.deepcopy(hf_config)
-    cfg.num_labels = num_labels
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        model = build_classifier_from_config(ModelConfig(head=head), cfg)
+    model = build_on_meta(hf_config, num_labels, ModelConfig(head=head))
     return inventory_from_model(model, head, getattr(hf_config, "model_type", "?"))
 
 
@@ -179,7 +171,7 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4) -> t
     for head, inv in invs.items():
         try:
             n_all = len(analyse(_run_config(head, "all-linear", None, 1, False), inv).adapted)
-        except _NeedsMeta:  # unknown layer types: count the plain linear layers outside the head
+        except NeedsMeta:  # unknown layer types: count the plain linear layers outside the head
             n_all = sum(1 for m in inv.modules if m.kind == "linear" and m.name.split(".")[0] not in inv.head_names)
         for role in ROLES:
             if role not in inv.roles:
@@ -190,7 +182,7 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4) -> t
                     tried += 1
                     try:
                         one = analyse(_run_config(head, targets, layers, 1, dora), inv)
-                    except (_NeedsMeta, ConfigError):
+                    except (NeedsMeta, ConfigError):
                         continue
                     # With one rank everywhere the count is linear in r: fixed + r * slope.
                     slope = sum(a.in_features + a.out_features for a in one.adapted)
@@ -344,7 +336,7 @@ def explain_flags(model: str, hf_config: Any, flags: str, budget: Optional[int],
     if inv is not None:
         try:
             detail = analyse(run, inv)
-        except _NeedsMeta:
+        except NeedsMeta:
             detail = None
     breakdown = detail.breakdown if detail is not None else estimate(run, hf_config, labels)
     if detail is not None:

@@ -13,8 +13,8 @@ from budgetlora.cli import main
 from budgetlora.config import load_config
 from budgetlora.data import Collator, Encoded, EncodedDataset, encode, prepare_splits
 from budgetlora.errors import ConfigError, UserError
+from budgetlora.core.hub import load_tokenizer
 from budgetlora.inference.runner import LoadedRun
-from budgetlora.modeling import load_tokenizer
 from budgetlora.training.trainer import train
 
 

@@ -292,7 +292,8 @@ def _budgetlora_tokens(trained: BudgetloraTraining, model: str, train_df: Any, v
     """The rows' token lengths as budgetlora encodes them, the padded tokens its loop ran (its
     sampler's batches are a pure function of seed and epoch) and the trained model's shape."""
     from budgetlora.data import encode, train_batch_sampler
-    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
+    from budgetlora.core.hub import load_hf_config, load_tokenizer
+    from budgetlora.modeling import add_lora, build_classifier_from_config
 
     cfg, t = trained.cfg, trained.cfg.train
     tokenizer = load_tokenizer(model)

@@ -78,7 +78,8 @@ def scaling_sweep(
 ) -> dict[str, Any]:
     """Time budgetlora's training loop (train(), defaults, one epoch) for each (T, rows)."""
     from budgetlora.config import load_config
-    from budgetlora.modeling import add_lora, build_classifier_from_config, load_hf_config, load_tokenizer
+    from budgetlora.core.hub import load_hf_config, load_tokenizer
+    from budgetlora.modeling import add_lora, build_classifier_from_config
 
     say = progress or (lambda msg: None)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="budgetlora-sweep-"))

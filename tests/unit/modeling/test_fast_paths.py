@@ -169,7 +169,7 @@ def test_first_query_attention_in_the_last_layer_gives_the_same_logits(arch, ker
     cut = build_classifier_from_config(ModelConfig(**settings), tiny_config(arch)).eval()
     cut.load_state_dict(plain.state_dict())
     calls = []
-    import budgetlora.modeling as model_module
+    import budgetlora.modeling.fast_paths as model_module
 
     real = model_module._first_query_attention
     from transformers import AttentionInterface

@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 
-from budgetlora.budget import count_on_meta, count_trainable, estimate, load_config_only, module_inventory, analyse
+from budgetlora.budget import count_on_meta, count_trainable, estimate, load_config_only, analyse
 from budgetlora.cli import build_parser, config_overrides, main
 from budgetlora.config import load_config
-from budgetlora.modeling import add_lora, build_classifier_from_config
+from budgetlora.modeling import add_lora, build_classifier_from_config, module_inventory
 from budgetlora.commands.plan import DEFAULT_BUDGET, Candidate, _run_config, layer_subsets, plan, score, target_modules_for
 from conftest import shared_path
 from tiny import ARCH_CONFIGS, tiny_config

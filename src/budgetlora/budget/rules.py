@@ -1,0 +1,225 @@
+"""peft's rules, replayed on module names (peft 0.21: tuners_utils.check_target_module_exists,
+_maybe_include_all_linear_layers, _mark_only_adapters_as_trainable, other._set_trainable).
+
+`analyse` says which modules of an inventory get LoRA, which are saved whole and what trains,
+without building a model or importing peft. Where the replay is not certain to match peft it
+raises `NeedsMeta`, and the caller counts a model built on the meta device instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from budgetlora.budget.counting import Breakdown
+from budgetlora.config import LoraConfig, RunConfig, resolve_relative_layers
+from budgetlora.errors import ConfigError
+from budgetlora.modeling import Inventory
+
+
+@dataclass
+class Adapted:
+    name: str
+    r: int
+    in_features: int
+    out_features: int
+
+
+@dataclass
+class Analysis:
+    breakdown: Breakdown
+    adapted: list[Adapted]  # modules that get LoRA, in model order
+    wrapped: list[str]  # modules peft replaces by a trainable copy (head + modules_to_train)
+
+
+class NeedsMeta(Exception):
+    """The analytic model does not cover this case; count the built model instead."""
+
+
+_LORA_INTERNALS = (
+    "base_layer", "lora_dropout", "lora_dropout.default", "lora_A", "lora_A.default", "lora_B",
+    "lora_B.default", "lora_magnitude_vector", "lora_magnitude_vector.default",
+)
+
+
+def modules_to_save(run: RunConfig, head_names: list[str]) -> list[str]:
+    """What peft gets as `modules_to_save` (modeling.peft_lora_config), plus the names that
+    PeftModelForSequenceClassification appends for the `default` head (SEQ_CLS task)."""
+    names = list(head_names) + list(run.lora.modules_to_train)
+    if run.model.head == "default":
+        names += ["classifier", "score"]
+    return names
+
+
+def check_combination(run: RunConfig) -> None:
+    lora = run.lora
+    if isinstance(lora.target_modules, str) and lora.layers:
+        # peft's LoraConfig refuses this too, but with a traceback from deep inside model.py
+        raise ConfigError(
+            "layers: cannot be combined with target_modules 'all-linear' or a regular expression "
+            "(a peft rule); list module suffixes instead, e.g. --target-modules query,key,value,dense"
+        )
+
+
+def analyse(run: RunConfig, inv: Inventory) -> Analysis:
+    """Which modules get LoRA, which are saved whole, and the resulting counts.
+
+    Raises ConfigError where peft would refuse the configuration, and `NeedsMeta` where the
+    name-level replay is not certain to match peft (callers fall back to counting on meta).
+    """
+    check_combination(run)
+    run = resolve_relative_layers(run, inv.num_layers)  # the mapping modeling.add_lora applies too
+    save = modules_to_save(run, inv.head_names)
+    guards, wrapped = _saved_whole(save, inv)
+    matches = _target_matcher(run, inv)
+    _check_rank_patterns(run.lora)
+    adapted, excluded_any = _adapted(run.lora, inv, matches, guards, set(wrapped))
+    # peft matches modules_to_save after inserting LoRA, so an entry can also hit LoRA's own
+    # submodules (`...query.lora_dropout` ends with "dropout"): not worth replaying.
+    for a in adapted:
+        for part in _LORA_INTERNALS:
+            if any(f"{a.name}.{part}".endswith(m) for m in save):
+                raise NeedsMeta(f"modules_to_train also matches {a.name}.{part}")
+    if not adapted:
+        target, layers = run.lora.target_modules, run.lora.layers
+        shown = target if isinstance(target, str) else ",".join(target)
+        why = " (all matches are parts of the head or of modules_to_train)" if excluded_any else ""
+        raise ConfigError(
+            f"target_modules/layers: no module of this {inv.model_type} model matches {shown!r}"
+            + (f" on layers {list(layers)}" if layers else "") + why
+        )
+    return Analysis(_count(run.lora, inv, adapted, wrapped), adapted, wrapped)
+
+
+def _saved_whole(save: list[str], inv: Inventory) -> tuple[list[re.Pattern], list[str]]:
+    """(patterns of the names peft keeps out of LoRA, the modules it wraps as trainable copies).
+
+    modules_to_save: peft wraps every module whose name ends with an entry (a plain string
+    suffix, not a dotted one). A wrapped module inside another wrapped one is an edge case whose
+    outcome depends on peft internals: left to the real thing.
+    """
+    try:
+        guards = [re.compile(rf"(^|.*\.){m}($|\..*)") for m in save]
+    except re.error as e:
+        raise ConfigError(f"modules_to_train: not a valid module name pattern ({e})") from None
+    if any(not m for m in save):
+        raise NeedsMeta("empty modules_to_train entry")
+    wrapped = [k for k in inv.keys if any(k.endswith(m) for m in save)]
+    wrapped_set = set(wrapped)
+    for k in wrapped:
+        parts = k.split(".")
+        if any(".".join(parts[:i]) in wrapped_set for i in range(1, len(parts))):
+            raise NeedsMeta(f"{k} is nested inside another module to save")
+    return guards, wrapped
+
+
+def _wrapper_of(name: str, wrapped: set[str]) -> Optional[str]:
+    """The module saved whole that `name` is (or is inside), if any."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if prefix in wrapped:
+            return prefix
+    return None
+
+
+def _target_matcher(run: RunConfig, inv: Inventory) -> Callable[[str], bool]:
+    """Whether peft's target_modules (and layers) select a module name."""
+    target = run.lora.target_modules
+    if isinstance(target, str) and target.lower() == "all-linear":
+        # Every nn.Linear; peft drops the output embedding (none here) and, for SEQ_CLS,
+        # the module called `classifier`, which modules_to_save excludes anyway.
+        all_linear = {m.name for m in inv.modules if m.kind == "linear"}
+        if run.model.head == "default":
+            all_linear.discard("classifier")
+        if any(m.kind == "other" for m in inv.modules):
+            raise NeedsMeta("unknown layer types may count as linear for peft")
+        return all_linear.__contains__
+    if isinstance(target, str):
+        try:
+            pattern = re.compile(target)
+        except re.error as e:
+            raise ConfigError(f"target_modules: not a valid regular expression ({e})") from None
+        return lambda key: pattern.fullmatch(key) is not None
+    exact = set(target)
+    suffixes = tuple("." + t for t in target)
+    layers = list(run.lora.layers) if run.lora.layers else None
+
+    def matches(key: str) -> bool:
+        if key in exact:
+            return True
+        if not key.endswith(suffixes):
+            return False
+        if layers is not None:
+            idx = inv.layer_of.get(key)
+            return idx is not None and idx in layers
+        return True
+
+    return matches
+
+
+def _check_rank_patterns(lora: LoraConfig) -> None:
+    for pat in lora.rank_pattern:
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"rank_pattern: {pat!r} is not a valid regular expression ({e})") from None
+
+
+def _rank_of(key: str, lora: LoraConfig) -> int:
+    for pat in lora.rank_pattern:  # peft's get_pattern_key: first pattern matching a name suffix
+        if re.match(rf"(.*\.)?({pat})$", key):
+            return lora.rank_pattern[pat]
+    return lora.r
+
+
+def _adapted(lora: LoraConfig, inv: Inventory, matches: Callable[[str], bool], guards: list[re.Pattern],
+             wrapped: set[str]) -> tuple[list[Adapted], bool]:
+    """(the modules that get LoRA, in model order; whether a match was left out because it is
+    saved whole). Raises where peft refuses a match or the replay is not certain."""
+    adapted: list[Adapted] = []
+    excluded_any = False
+    for key in inv.keys:
+        if any(g.match(key) for g in guards):
+            excluded_any = excluded_any or bool(matches(key))
+            continue
+        if not matches(key):
+            continue
+        mod = inv.by_name.get(key)
+        if mod is None or mod.kind in ("norm", "none"):
+            what = {None: "a block of modules", "norm": "a normalisation layer"}.get(
+                mod.kind if mod else None, "a module without weights (dropout, activation)")
+            raise ConfigError(
+                f"target_modules/layers: {key} is {what}, which LoRA cannot adapt; "
+                "target Linear layers (e.g. query,value or all-linear)"
+            )
+        if mod.kind != "linear":
+            raise NeedsMeta(f"LoRA on a {mod.kind} layer")
+        if _wrapper_of(key, wrapped) is not None:
+            raise NeedsMeta(f"{key} is both adapted and saved whole")
+        adapted.append(Adapted(key, _rank_of(key, lora), mod.in_features, mod.out_features))
+    return adapted, excluded_any
+
+
+def _count(lora: LoraConfig, inv: Inventory, adapted: list[Adapted], wrapped: list[str]) -> Breakdown:
+    out = Breakdown()
+    for a in adapted:
+        out.lora_A += a.r * a.in_features
+        out.lora_B += a.out_features * a.r
+        if lora.use_dora:
+            out.dora_magnitude += a.out_features
+        if lora.bias == "lora_only":
+            out.bias += inv.by_name[a.name].bias
+    for k in wrapped:
+        size = sum(m.params for m in inv.modules if m.name == k or m.name.startswith(k + "."))
+        if k.split(".")[0] in inv.head_names:
+            out.head += size
+        else:
+            out.other += size
+    if lora.bias == "all":
+        # peft marks every *.bias trainable, then modules_to_save freezes the originals it
+        # wraps (their trainable copies are already counted whole above).
+        wrapped_set = set(wrapped)
+        out.bias += sum(m.bias for m in inv.modules if _wrapper_of(m.name, wrapped_set) is None)
+    return out
