@@ -36,6 +36,8 @@ def atomic_path(path: Union[str, Path], *, directory: bool = False) -> Iterator[
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     else:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file private (0600); a run's outputs are ordinary files others may read.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.close(fd)
         tmp = Path(name)
     try:
