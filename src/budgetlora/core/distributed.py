@@ -43,7 +43,9 @@ class Processes:
         """Join the launcher's process group (Accelerate reads its environment), if there is one."""
         from accelerate import PartialState
 
-        state = PartialState()
+        # On a machine without a GPU, Accelerate joins the launcher's processes (gloo) only when
+        # told that it runs on the CPU; with a GPU it picks NCCL itself.
+        state = PartialState(cpu=not torch.cuda.is_available())
         return cls(state.process_index, state.num_processes)
 
     def barrier(self) -> None:
@@ -58,12 +60,13 @@ class Processes:
         _dist().all_reduce(t)
         return t.tolist()
 
-    def max(self, value: int) -> int:
+    def max(self, value: float) -> float:
+        """The largest `value` over every process (an int stays an int)."""
         if not self.several:
             return value
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.float64)
         _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
-        return int(t.item())
+        return type(value)(t.item())
 
     def gather(self, obj: T) -> list[T]:
         """Every process's `obj`, in rank order, on every process."""

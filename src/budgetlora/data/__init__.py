@@ -11,6 +11,7 @@ from budgetlora.data.batching import (
     Collator,
     EncodedDataset,
     LengthGroupedBatchSampler,
+    ShardedBatchSampler,
     sorted_batches,
     train_batch_sampler,
 )
@@ -29,7 +30,8 @@ from budgetlora.data.splits import Splits, prepare_splits, stratified_split
 
 __all__ = [
     "AG_NEWS_LABELS", "CHARS_PER_TOKEN_LIMIT", "Collator", "Encoded", "EncodedDataset", "ID_COLUMNS",
-    "LENGTH_BUCKET_BATCHES", "LengthGroupedBatchSampler", "PathLike", "SUFFIXES", "Splits", "TextSet",
+    "LENGTH_BUCKET_BATCHES", "LengthGroupedBatchSampler",
+    "ShardedBatchSampler", "PathLike", "SUFFIXES", "Splits", "TextSet",
     "encode", "length_filter_indices", "load_file", "load_hub_dataset", "prepare_splits",
     "safe_load_pickle", "sorted_batches", "stratified_split", "tokenizer_fingerprint",
     "train_batch_sampler", "update_hash_with_texts",

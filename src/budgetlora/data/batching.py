@@ -117,6 +117,31 @@ def train_batch_sampler(lengths: Sequence[int], batch_size: int, *, seed: int,
     )
 
 
+class ShardedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """One process's share of every batch of `batches` (several processes training one run): the
+    batch cut into `world_size` contiguous pieces whose sizes differ by at most one row, so each
+    step trains on exactly the rows one process would, whatever the batch's size. A batch with
+    fewer rows than processes is first filled up by repeating its rows (every process must run
+    a forward pass)."""
+
+    def __init__(self, batches: LengthGroupedBatchSampler, rank: int, world_size: int):
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+        self.batch_size = batches.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            while len(batch) < self.world_size:
+                batch = batch + batch
+            cut = [len(batch) * k // self.world_size for k in range(self.world_size + 1)]
+            yield batch[cut[self.rank]:cut[self.rank + 1]]
+
+
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Inference batches, longest rows first (memory peaks show at once); every index once."""
     if batch_size < 1:

@@ -89,6 +89,8 @@ def fit(run: Run, on_eval: Optional[OnEval] = None) -> None:
                     train_step(run, batch)
                     if e.accelerator.sync_gradients and after_step(run, bar, on_eval):
                         break
+                else:  # the loader is exhausted: the epoch is over, whatever the count says
+                    state.batch_in_epoch = max(state.batch_in_epoch, e.batches_per_epoch)
                 if state.batch_in_epoch >= e.batches_per_epoch:
                     state.epoch += 1
                     state.batch_in_epoch = 0
@@ -120,6 +122,8 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> None:
     """Forward and backward on one micro-batch; the optimizer steps when Accelerate says the
     accumulation is complete (its `sync_gradients`)."""
     e, t, state = run.engine, run.cfg.train, run.state
+    if run.procs.several:  # an unprepared loader (training.setup): batches come on the CPU
+        batch = {k: v.to(e.device, non_blocking=True) for k, v in batch.items()}
     labels = batch.pop("labels")
     teacher_logits = batch.pop("teacher_logits", None)
     with e.accelerator.accumulate(e.model):
@@ -130,6 +134,11 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> None:
         if not math.isfinite(loss_sum):  # on any process: every one stops here, before the update
             what = f"the loss is {loss.item() if not run.procs.several else loss_sum / rows}"
             raise TrainingDiverged(ckpt.diverged_message(run.out, state.step + 1, what, t.lr))
+        if run.procs.several:
+            # DDP averages the processes' gradients; weighting each piece's mean loss by its share
+            # of the batch's rows makes that average the whole batch's mean, as in one process,
+            # also when the pieces differ in size.
+            loss = loss * (labels.numel() * run.procs.world_size / rows)
         e.accelerator.backward(loss)
         if e.accelerator.sync_gradients and t.max_grad_norm > 0:
             e.accelerator.clip_grad_norm_(e.model.parameters(), t.max_grad_norm)

@@ -19,11 +19,10 @@ import torch
 
 from budgetlora import budget as budget_mod
 from budgetlora.config import RunConfig, TrainConfig
-from budgetlora.errors import ConfigError
 from budgetlora.core.device import resolve_precision
 from budgetlora.core.distributed import Processes
 from budgetlora.core.hub import load_hf_config, load_tokenizer
-from budgetlora.data import Collator, Encoded, EncodedDataset, encode, length_filter_indices, prepare_splits, train_batch_sampler
+from budgetlora.data import Collator, Encoded, EncodedDataset, ShardedBatchSampler, encode, length_filter_indices, prepare_splits, train_batch_sampler
 from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches
 from budgetlora.training.distill import training_targets
 
@@ -135,25 +134,32 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData,
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
-    precision = resolve_precision(t.precision, PartialState().device)
+    cpu = not torch.cuda.is_available()  # as Processes.start: the same process-wide state
+    precision = resolve_precision(t.precision, PartialState(cpu=cpu).device)
     # Accelerate keeps its settings in a process-wide singleton; train() is a library function
     # that may run several times in one process with different precisions, so start afresh.
     AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=cpu,
                               gradient_accumulation_steps=t.grad_accum, **_parallel_options(t, procs))
     collate = Collator(data.pad_id)
     sampler = train_batch_sampler(data.train.lengths, t.batch_size, seed=t.seed, group_by_length=t.group_by_length)
     extra = {"teacher_logits": data.teacher} if data.teacher is not None else None
+    # Several processes: each takes its piece of every batch (ShardedBatchSampler), so the steps
+    # are the ones a single process would take; the loader is then left unprepared, since
+    # Accelerate's own sharding deals whole batches out (or drops a short one when it splits).
+    batch_sampler = ShardedBatchSampler(sampler, procs.rank, procs.world_size) if procs.several else sampler
     loader = torch.utils.data.DataLoader(
-        EncodedDataset(data.train, extra), batch_sampler=sampler, collate_fn=collate, num_workers=t.num_workers,
+        EncodedDataset(data.train, extra), batch_sampler=batch_sampler, collate_fn=collate,
+        num_workers=t.num_workers,
         generator=torch.Generator().manual_seed(t.seed),  # a loader draws a seed from it, not from the global RNG
     )
     optimizer = make_optimizer(model, t, accelerator.device)
     if t.compile:
         model = torch.compile(model)
-    # The loader is prepared too: Accelerate moves batches to the device and, with several
-    # processes, gives each its share of every batch (split_batches below).
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if procs.several:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:  # the loader too: Accelerate then moves its batches to the device
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     batches_per_epoch = len(loader)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / t.grad_accum))
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -163,25 +169,15 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData,
                   batches_per_epoch, steps_per_epoch, total_steps)
 
 
-def check_batch_split(t: TrainConfig, procs: Processes) -> None:
-    """Each micro-batch is split evenly across the processes (see `_parallel_options`)."""
-    if procs.several and t.batch_size % procs.world_size:
-        raise ConfigError(f"batch_size: {t.batch_size} rows per step cannot be split evenly over "
-                          f"{procs.world_size} processes; use a multiple of {procs.world_size}")
-
-
 def _parallel_options(t: TrainConfig, procs: Processes) -> dict[str, Any]:
-    """With several processes, each micro-batch of `batch_size` rows (the same rows, in the same
-    length-grouped order, as one process would train on) is split evenly across them, so the
-    number of processes changes the speed, not the training. DDP is told that some trainable
-    parameters may get no gradient in a step (a head module peft keeps but the forward skips);
-    without it such a model stops with a reduction error in its second step."""
+    """DDP is told that some trainable parameters may get no gradient in a step (a head module
+    peft keeps but the forward skips); without it such a model stops with a reduction error in
+    its second step. The price is one walk of the autograd graph per step."""
     if not procs.several:
         return {}
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    return {"dataloader_config": DataLoaderConfiguration(split_batches=True),
-            "kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
+    return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=True)]}
 
 
 def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from budgetlora.errors import UserError
 from budgetlora.training import checkpoint as ckpt
 from budgetlora.training.loop import OnEval, Run, fit
 from budgetlora.training.outputs import JsonlLog, RunMetrics, write_outputs
-from budgetlora.training.setup import check_batch_split, check_budget_first, setup_data, setup_engine, setup_model
+from budgetlora.training.setup import check_budget_first, setup_data, setup_engine, setup_model
 from budgetlora.training.state import LogWindow, TrainState
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
     """
     cfg.validate()
     procs = Processes.start()
-    check_batch_split(cfg.train, procs)
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
     with run_folder(cfg, procs) as out:
@@ -122,6 +121,8 @@ def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(
 def finalize(run: Run, command: Optional[str]) -> RunMetrics:
     """metrics.json, curves and model card of the finished run."""
     cfg, state, e = run.cfg, run.state, run.engine
+    # The slowest process's time: the run took as long as it did (the same figure on every process).
+    state.train_seconds = run.procs.max(state.train_seconds)
     seconds = max(state.train_seconds, 1e-9)
     metrics = RunMetrics(
         model=cfg.model.model, head=cfg.model.head,

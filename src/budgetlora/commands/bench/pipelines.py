@@ -305,7 +305,7 @@ def _budgetlora_tokens(trained: BudgetloraTraining, model: str, train_df: Any, v
         executed = sum(len(b) * max(train_len[i] for i in b) for b in sampler.batches(0))
     except Exception:  # the loop's batching changed: leave it unknown rather than guess
         pass
-    names = trained.metrics["label_names"]
+    names = trained.metrics.label_names
     hf_config = load_hf_config(cfg.model, len(names), names)
     shape = model_shape(add_lora(build_classifier_from_config(cfg.model, hf_config), cfg))
     return TokenCounts(train_len, val_len, executed, shape)
@@ -358,32 +358,32 @@ def _budgetlora_result(trained: BudgetloraTraining, tokens: TokenCounts, plain: 
     from budgetlora.modeling import resolve_attn_implementation
 
     m, cfg, shape = trained.metrics, trained.cfg, tokens.shape
-    secs = float(m["train_runtime_s"])
+    secs = float(m.train_runtime_s)
     executed = tokens.executed
     return {
         "pipeline": "budgetlora",
         "what": "budgetlora train with default settings (model, rows, epochs=1, seed, output dir set), "
                 "then `budgetlora predict` on the validation texts",
-        "precision": m["precision"],
+        "precision": m.precision,
         "attention": resolve_attn_implementation(cfg.model.attn_implementation),
         "encoder_dropout": cfg.model.encoder_dropout,
-        "trainable_params": int(m["trainable_params"]),
-        "total_params": int(m["total_params"]),
-        "under_budget": int(m["trainable_params"]) < DEFAULT_BUDGET,
-        "budget_breakdown": m.get("budget_breakdown"),
+        "trainable_params": int(m.trainable_params),
+        "total_params": int(m.total_params),
+        "under_budget": int(m.trainable_params) < DEFAULT_BUDGET,
+        "budget_breakdown": m.budget_breakdown,
         **shape,
-        "train_rows": int(m["train_rows"]),
-        "train_samples": int(m["train_samples"]),
+        "train_rows": int(m.train_rows),
+        "train_samples": int(m.train_samples),
         "train_runtime_s": secs,
-        "train_samples_per_second": float(m["train_samples_per_second"]),
+        "train_samples_per_second": float(m.train_samples_per_second),
         "train_real_tokens": sum(tokens.train_lengths),
         "train_executed_tokens": executed,
-        "train_tokens_per_second": float(m["train_tokens_per_second"]),
+        "train_tokens_per_second": float(m.train_tokens_per_second),
         "train_executed_tokens_per_second": executed / secs if executed else None,
         "train_useful_flops": shape_flops(tokens.train_lengths, shape),
         "eval_rows": len(tokens.val_lengths),
-        "eval_accuracy": float(m["final_eval_accuracy"]),
-        "best_eval_accuracy": float(m["best_eval_accuracy"]),
+        "eval_accuracy": float(m.final_eval_accuracy),
+        "best_eval_accuracy": float(m.best_eval_accuracy),
         "eval_runtime_s": plain.seconds,
         "eval_samples_per_second": len(plain.labels) / plain.seconds,
         "eval_timed": "whole `budgetlora predict` command (python start-up, imports, model load, tokenization, "
