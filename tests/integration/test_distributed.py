@@ -199,3 +199,22 @@ def test_divergence_stops_every_process_at_the_same_step(data, tmp_path):
     lines = _error_lines(done.stderr)
     assert done.returncode != 0 and len(lines) == 2 and lines[0] == lines[1], done.stderr[-3000:]
     assert "training diverged:" in lines[0] and f"--resume {out}" in lines[0]
+
+
+@pytest.mark.slow
+def test_minilm_two_processes_reach_the_one_process_accuracy(minilm_dir, tmp_path):
+    """The shipped recipe on all-MiniLM-L6-v2 (bf16 where the CPU has it): 2 processes vs 1 with
+    the same batch of 32 rows per step. LoRA dropout off, so the runs differ only by rounding."""
+    from conftest import shared_path
+
+    train = shared_path("data", "ag_news", "train.csv")
+    args = ["--config", str(REPO / "recipes" / "agnews-minilm-cpu.yaml"), "--model", str(minilm_dir),
+            "--train-file", str(train), "--max-train-samples", "512", "--max-eval-samples", "400",
+            "--lora-dropout", "0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _check(subprocess.run([sys.executable, "-m", "budgetlora.cli", "train", *args, "--output-dir", str(one)],
+                          env=_env(), capture_output=True, text=True, timeout=900))
+    _check(subprocess.run(_standalone(2) + [*args, "--output-dir", str(two)], env=_env(), capture_output=True,
+                          text=True, timeout=900))
+    a, b = (json.loads((run / "metrics.json").read_text())["best_eval_accuracy"] for run in (one, two))
+    assert abs(a - b) <= 0.005, (a, b)
