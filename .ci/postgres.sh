@@ -54,7 +54,8 @@ case $action in
       -o "-c listen_addresses='' -c unix_socket_directories='$dir/sock' -c unix_socket_permissions=0777 -c max_connections=100 -c fsync=off" \
       start >/dev/null || { tail -n 5 "$dir/server.log" >&2; exit 1; }
     as_owner "$bin/createdb" -h "$dir/sock" -U "$role" "$db"
-    echo "postgresql://$role@/$db?host=$dir/sock"
+    # The driver is named: SQLAlchemy < 2.1 would take plain postgresql:// to mean psycopg2.
+    echo "postgresql+psycopg://$role@/$db?host=$dir/sock"
     ;;
   stop)
     if [[ -d $dir/data ]]; then

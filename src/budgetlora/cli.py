@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")
     se.add_argument("--study-dir", required=True, metavar="DIR", help="Study folder: study.db, trial-<n>/, search.json. Run again to continue.")
-    se.add_argument("--storage", metavar="URL", help="Share the study through this database (postgresql://USER:PASSWORD@HOST/DB, mysql://...): "
+    se.add_argument("--storage", metavar="URL", help="Share the study through this database (postgresql+psycopg://USER:PASSWORD@HOST/DB, mysql://...): "
                     "any number of workers on any machines run the same command. Default: SQLite in --study-dir.")
     se.add_argument("--study-name", default="budgetlora", metavar="NAME", help="The study's name in the database (default budgetlora).")
     se.add_argument("--heartbeat", type=int, default=60, metavar="S", help="Seconds between a worker's heartbeats; a trial silent for 3 of them "

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import random
 import shlex
 import socket
 import time
@@ -42,6 +43,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
+from urllib.parse import unquote
 
 import optuna
 from optuna.trial import TrialState
@@ -59,6 +61,9 @@ HEARTBEAT_S = 60  # default seconds between a training worker's heartbeats
 GRACE_BEATS = 3  # heartbeats a trial may miss before other workers call it dead
 MAX_RETRY = 2  # copies of a dead trial: a configuration that kills its worker each time is given up
 CONNECT_TIMEOUT_S = 15
+# The pip package of each database driver SQLAlchemy may ask for.
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+                   "pymysql": "pymysql", "asyncpg": "asyncpg"}
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # who trained a trial, in search.json
 SPACE_KEYS = ("base", "seed", "pruner", "space")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -274,7 +279,7 @@ def hide_password(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return unquote(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         return "the --storage value"  # unparseable: it is not echoed, it may hold a password
 
@@ -296,6 +301,22 @@ def open_storage(place: StudyPlace, study_dir: Path) -> Any:
     try:
         with warnings.catch_warnings(), _database_errors(shown):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _create_storage(url, place)
+    except ImportError as e:  # Optuna's wrapper of the driver's ModuleNotFoundError
+        missing = getattr(e.__cause__, "name", None) or "for it"
+        package = DRIVER_PACKAGES.get(missing, "the driver SQLAlchemy names for that URL")
+        raise ConfigError(f"--storage {shown}: the database driver {missing} is not installed; "
+                          f"pip install '{package}'") from None
+
+
+def _create_storage(url: str, place: StudyPlace, tries: int = 5) -> Any:
+    """RDBStorage, tried again when workers started together race to create its tables: PostgreSQL's
+    CREATE TABLE is not atomic against another session's, so the loser sees a duplicate-key error;
+    once the winner's tables exist, they are found and used."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, tries + 1):
+        try:
             return optuna.storages.RDBStorage(
                 url, engine_kwargs=_engine_kwargs(url),
                 # A worker that dies (kill -9, power cut, lost network) stops sending heartbeats;
@@ -303,10 +324,11 @@ def open_storage(place: StudyPlace, study_dir: Path) -> Any:
                 heartbeat_interval=place.heartbeat_s, grace_period=place.grace_s,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-    except ImportError as e:  # Optuna's wrapper of the driver's ModuleNotFoundError
-        missing = getattr(e.__cause__, "name", None) or "its driver"
-        raise ConfigError(f"--storage {shown}: the database driver {missing} is not installed; for postgresql:// "
-                          "run pip install 'psycopg[binary]' (or pip install 'budgetlora[postgres]')") from None
+        except (IntegrityError, ProgrammingError):
+            if attempt == tries:
+                raise
+            time.sleep(random.uniform(0.2, 1.0))
+    raise AssertionError("unreachable")
 
 
 def _first_line(e: BaseException) -> str:
@@ -317,17 +339,20 @@ def _first_line(e: BaseException) -> str:
 @contextlib.contextmanager
 def _database_errors(shown: str) -> Iterator[None]:
     """The study database's failures as one line that says what to do, not a driver traceback."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 
     try:
         yield
     except ArgumentError as e:  # also an unknown dialect (NoSuchModuleError)
         raise ConfigError(f"--storage {shown}: not a database URL ({_first_line(e)}); "
-                          "give e.g. postgresql://USER:PASSWORD@HOST:5432/DB") from None
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                          "give e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/DB") from None
+    except (OperationalError, InterfaceError, optuna.exceptions.StorageInternalError) as e:
         raise StorageError(f"cannot reach the study database {shown}: {_first_line(e)}; check that the "
                            "server runs and --storage is right (finished trials are kept in the database: "
                            "run the same command again to continue)") from None
+    except SQLAlchemyError as e:
+        raise StorageError(f"the study database {shown} refused a request: {_first_line(e)}; check the "
+                           "user's rights on that database") from None
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -675,7 +700,10 @@ def trial_line(trial: Any) -> str:
     params = trial.user_attrs.get("trainable_params")
     what = f"value {trial.value:.4f}" if trial.value is not None else (
         trial.user_attrs.get("pruned_reason") or trial.user_attrs.get("error") or "")
-    return f"trial {trial.number}: {state}" + (f", {params:,} trainable params" if params else "") + (f": {what}" if what else "")
+    retry_of = trial.system_attrs.get("failed_trial")
+    again = f" (trial {retry_of} again: its worker stopped)" if retry_of is not None else ""
+    return (f"trial {trial.number}{again}: {state}" + (f", {params:,} trainable params" if params else "")
+            + (f": {what}" if what else ""))
 
 
 def trial_record(trial: Any, space: SearchSpace) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""The pieces of a shared study, without a server: sampler seeds, the surplus rule, trial folders,
+database URLs. The workers on a real PostgreSQL are in tests/integration/test_search_distributed.py."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import optuna
+import pytest
+
+from budgetlora.commands import search
+from budgetlora.errors import ConfigError, RunDirError
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _draw(trial):
+    return trial.suggest_float("lr", 1e-4, 1e-2, log=True) + trial.suggest_int("r", 1, 64)
+
+
+def test_a_trials_draws_depend_on_its_number_not_on_the_worker_that_runs_it(tmp_path):
+    alone = optuna.create_study(sampler=search.TrialSeededSampler(5))
+    alone.optimize(_draw, n_trials=4)
+
+    # Two workers (two Study objects, each with its own sampler) take turns on one study.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [optuna.create_study(storage=url, study_name="s", sampler=search.TrialSeededSampler(5),
+                                   load_if_exists=True) for _ in range(2)]
+    for n in range(4):
+        workers[n % 2].optimize(_draw, n_trials=1)
+    shared = workers[0].get_trials()
+    assert [t.params for t in shared] == [t.params for t in alone.get_trials()]
+    assert len({t.params["lr"] for t in shared}) == 4  # the workers did not draw the same values
+
+    # One TPESampler(seed) per worker, as before: both workers' first trials are the same draw.
+    twins = [optuna.create_study(sampler=optuna.samplers.TPESampler(seed=5)) for _ in range(2)]
+    for study in twins:
+        study.optimize(_draw, n_trials=1)
+    assert twins[0].trials[0].params == twins[1].trials[0].params
+
+
+def test_a_trial_created_after_enough_others_steps_back(tmp_path):
+    study = optuna.create_study()
+    objective = search._Objective(None, {}, tmp_path, 4, trials=2)
+    first, second = study.ask(), study.ask()  # two running trials: all that is needed
+    objective._check_needed(first)
+    objective._check_needed(second)
+    third = study.ask()
+    with pytest.raises(search.NotNeeded):
+        objective._check_needed(third)
+    assert third.user_attrs["error"].startswith("not run")
+    study.tell(third, state=optuna.trial.TrialState.FAIL)  # as study.optimize records it
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # one failed: a later trial is needed again
+    objective._check_needed(study.ask())
+
+
+def test_trial_folders_are_claimed_once(tmp_path):
+    run_dir = tmp_path / "trial-3"
+    search.claim_trial_folder(run_dir, 3, "s")
+    assert run_dir.is_dir()
+    with pytest.raises(RunDirError, match="own --study-dir"):
+        search.claim_trial_folder(run_dir, 3, "s")
+
+
+def test_database_urls_are_shown_without_password_and_checked(tmp_path):
+    place = search.StudyPlace("postgresql://me:s3cret@db.example:5432/studies?host=/run/pg", "n", 60)
+    shown = place.shown(tmp_path)
+    assert "s3cret" not in shown and "db.example" in shown and "/run/pg" in shown
+    assert search.StudyPlace().shown(tmp_path) == str(tmp_path / search.STUDY_DB)
+    assert search.StudyPlace(heartbeat_s=7).grace_s == 3 * 7
+    with pytest.raises(ConfigError, match="not a database URL"):
+        search.open_storage(search.StudyPlace("nosuchdb://x/y"), tmp_path)
+    if importlib.util.find_spec("MySQLdb") is None:  # mysql:// needs mysqlclient, not a dependency
+        with pytest.raises(ConfigError, match="driver MySQLdb is not installed.*mysqlclient"):
+            search.open_storage(search.StudyPlace("mysql://me:pw@127.0.0.1:1/x"), tmp_path)
