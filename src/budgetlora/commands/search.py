@@ -281,7 +281,7 @@ def hide_password(url: str) -> str:
     try:
         return unquote(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
-        return "the --storage value"  # unparseable: it is not echoed, it may hold a password
+        return "(hidden)"  # unparseable: it is not echoed, it may hold a password
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ database URLs. The workers on a real PostgreSQL are in tests/integration/test_se
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import optuna
 import pytest
@@ -73,3 +74,17 @@ def test_database_urls_are_shown_without_password_and_checked(tmp_path):
     if importlib.util.find_spec("MySQLdb") is None:  # mysql:// needs mysqlclient, not a dependency
         with pytest.raises(ConfigError, match="driver MySQLdb is not installed.*mysqlclient"):
             search.open_storage(search.StudyPlace("mysql://me:pw@127.0.0.1:1/x"), tmp_path)
+
+
+def test_compare_shows_a_study_trial_trained_on_another_machine(tmp_path):
+    from budgetlora.commands.compare import compare
+
+    record = {"number": 3, "state": "COMPLETE", "value": 0.875, "run_dir": "/elsewhere/study/trial-3",
+              "worker": "node7:4242", "model": "m", "head": "linear", "trainable_params": 1234,
+              "train_runtime_s": 12.0, "train_samples_per_second": 50.0}
+    pruned = {**record, "number": 4, "state": "PRUNED", "value": None}
+    (tmp_path / "search.json").write_text(json.dumps({"trials": [record, pruned]}), encoding="utf-8")
+    rows, skipped = compare([tmp_path])
+    assert not skipped and len(rows) == 1
+    assert rows[0]["run"] == "trial-3 (node7:4242)"
+    assert (rows[0]["best_eval_accuracy"], rows[0]["trainable_params"]) == (0.875, 1234)
