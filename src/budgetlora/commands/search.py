@@ -50,7 +50,7 @@ from optuna.trial import TrialState
 
 from budgetlora.config import RunConfig, coerce, field_index, flag_value, from_dict, load_yaml, to_flags
 from budgetlora.errors import (BudgetError, ConfigError, RunDirError, StorageError, TrainingDiverged,
-                               TrainingInterrupted, closest_match)
+                               TrainingInterrupted, UserError, closest_match)
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +600,13 @@ class WorkPlan:
     trials: int  # finished trials the study should reach
     timeout: Optional[float] = None  # start no new trial after this many seconds
     poll_s: float = 10.0  # how often a worker with nothing to start looks at the study again
+    heartbeat_s: int = HEARTBEAT_S  # for messages
     on_trial: Optional[Callable[[str], None]] = None  # told one line per trial this worker ends
+
+
+def _taken_over(study: Any, number: int) -> bool:
+    """Whether another worker called trial `number` dead (no heartbeats) and queued its copy."""
+    return any(number in t.system_attrs.get("retry_history", []) for t in study.get_trials(deepcopy=False))
 
 
 def work(study: Any, objective: Callable[[Any], float], plan: WorkPlan) -> int:
@@ -614,6 +620,12 @@ def work(study: Any, objective: Callable[[Any], float], plan: WorkPlan) -> int:
     ran = 0
     waiting_said = False
     callbacks = [lambda _study, trial: plan.on_trial(trial_line(trial))] if plan.on_trial else []
+    current: list[int] = []
+
+    def run_one(trial: Any) -> float:
+        current[:] = [trial.number]
+        return objective(trial)
+
     while ran < allowance:
         counts = _census(study)
         finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -626,12 +638,18 @@ def work(study: Any, objective: Callable[[Any], float], plan: WorkPlan) -> int:
                 waiting_said = True
             time.sleep(plan.poll_s)
             continue
+        current.clear()
         try:
-            study.optimize(objective, n_trials=1, gc_after_trial=True, catch=CAUGHT, callbacks=callbacks)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            log.warning("another worker marked this worker's trial failed (no heartbeat for %s): its result is "
-                        "dropped and the trial runs again; a busy machine may need a larger --heartbeat",
-                        "the grace period")
+            study.optimize(run_one, n_trials=1, gc_after_trial=True, catch=CAUGHT, callbacks=callbacks)
+        except Exception as e:
+            # Optuna refuses to record a result for a trial that is already failed; when another
+            # worker failed it for missing heartbeats, its copy is queued: drop this result.
+            if isinstance(e, UserError) or not current or not _taken_over(study, current[0]):
+                raise
+            log.warning("trial %d was called dead by another worker (no heartbeat for %d s) and runs again; its "
+                        "result here is dropped: on a machine this busy, give a larger --heartbeat",
+                        current[0], GRACE_BEATS * plan.heartbeat_s)
+            continue
         ran += 1
     return ran
 
@@ -675,7 +693,8 @@ def run_search(
                     "is no longer an unbiased test score", base.data.eval_file)
     study = open_study(study_dir, space, space.seed if space.seed is not None else base.train.seed, overrides, place)
     objective = _Objective(space, overrides, study_dir, _num_labels(base), trials, place.name)
-    plan = WorkPlan(trials, timeout, poll_s=min(float(place.heartbeat_s), 10.0), on_trial=on_trial)
+    plan = WorkPlan(trials, timeout, poll_s=min(float(place.heartbeat_s), 10.0), heartbeat_s=place.heartbeat_s,
+                    on_trial=on_trial)
     shown = place.shown(study_dir)
     interrupted = False
     with _database_errors(shown):

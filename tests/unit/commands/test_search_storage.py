@@ -88,3 +88,26 @@ def test_compare_shows_a_study_trial_trained_on_another_machine(tmp_path):
     assert not skipped and len(rows) == 1
     assert rows[0]["run"] == "trial-3 (node7:4242)"
     assert (rows[0]["best_eval_accuracy"], rows[0]["trainable_params"]) == (0.875, 1234)
+
+
+@pytest.mark.parametrize("touch_trial", [False, True])
+def test_a_worker_whose_trial_was_called_dead_drops_its_result_and_goes_on(tmp_path, touch_trial):
+    """A live worker too busy to send heartbeats: another one fails its trial and queues a copy;
+    Optuna then refuses this worker's result. The worker drops it and keeps working."""
+    storage = search.open_storage(search.StudyPlace(heartbeat_s=60), tmp_path)
+    study = optuna.create_study(storage=storage, study_name=search.STUDY_NAME, direction="maximize")
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        if len(calls) == 1:  # what another worker's fail_stale_trials does to this trial
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            study._storage.get_heartbeat_stale_trial_callback()(study, study._storage.get_trial(trial._trial_id))
+            if touch_trial:
+                trial.set_user_attr("late", True)  # refused: the trial is finished
+        return 0.5 + trial.number / 100
+
+    assert search.work(study, objective, search.WorkPlan(trials=2, poll_s=0.01)) == 2
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].system_attrs["failed_trial"] == 0 and calls == [0, 1, 2]
