@@ -115,10 +115,13 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
-    from budgetlora.commands.search import search_from_cli
+    from budgetlora.commands.search import StudyPlace, run_search, summary_text
 
     setup_logging()
-    search_from_cli(ns.space, ns.study_dir, ns.trials, ns.timeout, config_overrides(ns))
+    place = StudyPlace(ns.storage, ns.study_name, ns.heartbeat)
+    summary = run_search(ns.space, ns.study_dir, ns.trials, timeout=ns.timeout, overrides=config_overrides(ns),
+                         place=place, on_trial=lambda line: print(line, flush=True))
+    print(summary_text(summary))
     return 0
 
 
@@ -195,12 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")
     se.add_argument("--study-dir", required=True, metavar="DIR", help="Study folder: study.db, trial-<n>/, search.json. Run again to continue.")
+    se.add_argument("--storage", metavar="URL", help="Share the study through this database (postgresql+psycopg://USER:PASSWORD@HOST/DB, mysql://...): "
+                    "any number of workers on any machines run the same command. Default: SQLite in --study-dir.")
+    se.add_argument("--study-name", default="budgetlora", metavar="NAME", help="The study's name in the database (default budgetlora).")
+    se.add_argument("--heartbeat", type=int, default=60, metavar="S", help="Seconds between a worker's heartbeats; a trial silent for 3 of them "
+                    "(its worker died) is marked failed and run again (default 60).")
     se.add_argument("--trials", type=int, default=20, metavar="N", help="Finished trials the study should reach (default 20).")
     se.add_argument("--timeout", type=float, default=None, metavar="S", help="Start no new trial after S seconds.")
     add_config_flags(se)
 
     co = sub.add_parser("compare", help="Finished runs side by side: table, JSON and a bar plot of validation accuracy.")
-    co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
+    co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders, or a search study folder (every complete trial of its search.json).")
     co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
     co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
 

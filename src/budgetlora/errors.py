@@ -44,6 +44,10 @@ class TrainingInterrupted(UserError):
     exit_code = 130
 
 
+class StorageError(UserError):
+    """A study database (`search --storage`) that cannot be reached."""
+
+
 def closest_match(word: str, known: Iterable[str]) -> Optional[str]:
     """The known name closest to a mistyped one, for a 'did you mean' hint; None when none is close."""
     import difflib

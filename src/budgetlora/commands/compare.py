@@ -1,7 +1,8 @@
 """`budgetlora compare RUN...`: finished runs side by side, as a table, JSON and a bar plot.
 
 Everything is read from the run folders: metrics.json (written when training finishes) and the
-eval/<data name>.json reports of `budgetlora evaluate`. Nothing is loaded or recomputed.
+eval/<data name>.json reports of `budgetlora evaluate`; a search's study folder stands for all its
+complete trials (search.json). Nothing is loaded or recomputed.
 """
 
 from __future__ import annotations
@@ -124,12 +125,44 @@ def plot_comparison(rows: list[dict[str, Any]], out_path: Union[str, Path]) -> N
     plt.close(fig)
 
 
+def read_study(study_dir: Union[str, Path]) -> list[dict[str, Any]]:
+    """One row per complete trial of a `budgetlora search` study, from its search.json, which lists
+    every worker's trials: a trial trained on another machine, whose folder is not here, is shown
+    from what its worker recorded in the study."""
+    path = Path(study_dir) / "search.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        trials = summary["trials"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunDirError(f"{path}: unreadable ({e})") from None
+    rows = []
+    for t in trials:
+        if t.get("state") != "COMPLETE":
+            continue
+        run_dir = Path(t.get("run_dir") or "")
+        if (run_dir / "metrics.json").is_file():
+            rows.append(read_run(run_dir))
+            continue
+        rows.append({
+            "run": f"{run_dir.name or 'trial-' + str(t.get('number'))} ({t.get('worker') or 'another worker'})",
+            "model": t.get("model"), "head": t.get("head"), "trainable_params": t.get("trainable_params"),
+            "best_eval_accuracy": t.get("value"), "eval_accuracy": {}, "train_runtime_s": t.get("train_runtime_s"),
+            "train_samples_per_second": t.get("train_samples_per_second"), "teacher": None,
+        })
+    return rows
+
+
 def compare(runs: Sequence[Union[str, Path]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows of the finished runs, and one line per folder that was skipped."""
+    """Rows of the finished runs (a search's study folder gives one per complete trial), and one
+    line per folder that was skipped."""
     rows, skipped = [], []
     for run in runs:
         try:
-            rows.append(read_run(run))
+            folder = Path(run)
+            if (folder / "search.json").is_file() and not (folder / "metrics.json").is_file():
+                rows.extend(read_study(folder))
+            else:
+                rows.append(read_run(run))
         except RunDirError as e:
             skipped.append(str(e))
     return rows, skipped
