@@ -168,6 +168,11 @@ def train(
     from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches, load_hf_config, load_tokenizer, save_adapter
 
     cfg.validate()
+    # --- trackers hook (issue 18; re-apply to the split loop): installed? before anything runs ---
+    from budgetlora.training.trackers import RunTrackers
+
+    trackers = RunTrackers(cfg.train.report_to, Path(cfg.output_dir or "."))
+    # --- end trackers hook ---
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
     created = not Path(cfg.output_dir or "").expanduser().exists()
@@ -259,6 +264,7 @@ def train(
             record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "eval_accuracy": acc, "eval_loss": loss}
             state.history.append(record)
             logger.write(record)
+            trackers.log(record, state.step)  # trackers hook (issue 18)
             if acc > state.best_eval_accuracy:
                 state.best_eval_accuracy, state.best_step = acc, state.step
                 state.evals_without_improvement = 0
@@ -267,6 +273,8 @@ def train(
                 state.evals_without_improvement += 1
             return record
 
+        # trackers hook (issue 18): open them once the model, its budget and the resume step are known
+        trackers.start(cfg.to_dict(), measured.as_dict(), resume_step=state.step if resume else None)
         # 4. The loop.
         log.info(
             "training %s: %d rows, %d steps, %s, %d trainable params (%s)",
@@ -323,6 +331,7 @@ def train(
                         "samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
                     }
                     logger.write(record)
+                    trackers.log(record, state.step)  # trackers hook (issue 18)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_accuracy']:.3f}",
                                     val=f"{eval_acc:.3f}", sps=f"{record['samples_per_second']:.1f}")
                     state.window_loss_sum, state.window_correct, state.window_seen = 0.0, 0, 0
@@ -387,6 +396,7 @@ def train(
         if bar is not None:
             bar.close()  # ends the progress line, so an error message starts a line of its own
         stop.uninstall()
+        trackers.finish()  # trackers hook (issue 18)
         lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a run refused before writing anything leaves no empty folder behind
