@@ -10,6 +10,7 @@ import argparse
 import gc
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from budgetlora.errors import UserError, closest_match
@@ -56,8 +57,20 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from budgetlora.inference.evaluate import evaluate_run
 
     report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples,
-                          quantize=ns.quantize)
+                          quantize=ns.quantize, calibrate=ns.calibrate)
     print(f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  ({report['n']} rows)")
+    cal = report["calibration"]
+    fitted = cal.get("fitted")
+    if fitted:
+        print(f"temperature {fitted['temperature']:.4f} fitted on {fitted['rows']} validation rows "
+              f"(ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f} there); stored in calibration.json")
+    line = f"ECE {cal['ece']:.4f}  NLL {cal['nll']:.4f}  ({cal['binning']})"
+    if "temperature" in cal:
+        line += (f"; at temperature {cal['temperature']:.4f}: ECE {cal['ece_calibrated']:.4f}  "
+                 f"NLL {cal['nll_calibrated']:.4f}")
+    print(line)
+    print(f"errors: {report['errors']} misclassified rows, most confident first: "
+          f"{Path(report['path']).parent / report['errors_file']}")
     print(f"report: {report['path']}")
     return 0
 
@@ -76,6 +89,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         batch_size=ns.batch_size, quantize=ns.quantize, overwrite=ns.overwrite,
     )
     print(f"wrote {summary['rows']} predictions to {summary['output']} ({summary['samples_per_second']:.1f} texts/s)")
+    if ns.probabilities and summary["temperature"] is not None:
+        print(f"probabilities temperature-scaled (T = {summary['temperature']:.4f}, the run's calibration.json)")
     return 0
 
 
@@ -143,13 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
     add_train_arguments(t)
 
-    e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores and confusion matrix of a run.")
+    e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores, confusion matrix, calibration (ECE, NLL) and the misclassified rows of a run.")
     e.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
     e.add_argument("--data", required=True, metavar="FILE", help="Labelled data file to evaluate on.")
     e.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
     e.add_argument("--batch-size", type=int, default=None, metavar="N")
     e.add_argument("--max-samples", type=int, default=None, metavar="N", help="Evaluate the first N rows only.")
     e.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of linear layers (CPU).")
+    e.add_argument("--calibrate", action="store_true",
+                   help="First fit temperature scaling on the run's own validation split and store it in the run "
+                        "(calibration.json); predict --probabilities then uses it.")
 
     pr = sub.add_parser("predict", help="Write a Kaggle-style submission (ID,Label) or classify one text.")
     pr.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
