@@ -136,6 +136,17 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    from budgetlora.commands.report import report_command
+
+    done = report_command(ns.runs, ns.output, overwrite=ns.overwrite, eval_name=ns.eval, top_errors=ns.errors)
+    for run, missing in done["missing"].items():
+        for line in missing:
+            print(f"{run}: missing {line}", file=sys.stderr)
+    print(f"wrote {done['output']} ({done['runs']} run{'s' if done['runs'] > 1 else ''}, {done['bytes'] / 1024:.0f} KiB, self-contained)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -143,6 +154,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "search": cmd_search,
     "compare": cmd_compare,
+    "report": cmd_report,
     "bench": cmd_bench,
 }
 
@@ -199,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders.")
     co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
     co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
+
+    r = sub.add_parser("report", help="One self-contained HTML page of evaluated runs: settings, budget, curves, "
+                                      "confusion matrix, calibration, errors, and a comparison of several runs.")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="Run folders, each evaluated by `budgetlora evaluate`.")
+    r.add_argument("--output", default="report.html", metavar="HTML", help="Page to write (default report.html).")
+    r.add_argument("--overwrite", action="store_true", help="Replace HTML if it exists.")
+    r.add_argument("--eval", default=None, metavar="NAME",
+                   help="Which evaluation to show, by its eval/NAME.json (default: each run's newest).")
+    r.add_argument("--errors", type=int, default=20, metavar="N", help="Misclassified rows to show per run (default 20).")
 
     b = sub.add_parser("bench", help="The seed notebooks' HF Trainer pipeline and budgetlora's default one, side by side.")
     b.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Pretrained encoder (Hub id or local folder).")
