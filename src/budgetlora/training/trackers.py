@@ -60,7 +60,7 @@ class RunTrackers:
         self.names = list(dict.fromkeys(names or []))
         self.run_dir = Path(run_dir)
         self._trackers: list[Any] = []
-        self._mlflow_uri_before: Optional[str] = None
+        self._mlflow_uri_set = False  # whether start() pointed MLflow at RUN/mlflow.db
         missing = missing_trackers(self.names)
         if missing:
             packages = " ".join(missing)  # each tracker's PyPI package has its name
@@ -99,9 +99,11 @@ class RunTrackers:
         if name == "mlflow":
             import mlflow
 
+            # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI (for subprocesses), so an unset
+            # variable means nobody chose a store: this run's own, until finish() unsets it again.
             if not os.environ.get("MLFLOW_TRACKING_URI"):
-                self._mlflow_uri_before = mlflow.get_tracking_uri()
                 mlflow.set_tracking_uri(f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
+                self._mlflow_uri_set = True
             return MLflowTracker("budgetlora", str((self.run_dir / "mlruns").resolve()), run_name=run_name)
         return WandBTracker(os.environ.get("WANDB_PROJECT", "budgetlora"), name=run_name, dir=str(self.run_dir))
 
@@ -119,8 +121,10 @@ class RunTrackers:
                 tracker.finish()
             except Exception as e:  # closing one tracker must not hide the run's own outcome
                 log.warning("could not close the %s tracker: %s", tracker.name, e)
-        if self._mlflow_uri_before is not None:
+        if self._mlflow_uri_set:
             import mlflow
 
-            mlflow.set_tracking_uri(self._mlflow_uri_before)  # the process's store, as before this run
-            self._mlflow_uri_before = None
+            # None unsets both the store and the variable: the process is as it was before the run
+            # (setting the old default explicitly instead would outlive a later MLFLOW_TRACKING_URI)
+            mlflow.set_tracking_uri(None)
+            self._mlflow_uri_set = False

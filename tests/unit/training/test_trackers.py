@@ -4,6 +4,7 @@ TensorBoard and MLflow, read back here from what they wrote; W&B offline where i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,9 @@ def test_tensorboard_and_mlflow_receive_the_log_records(tmp_path, tiny_model_dir
     params = found.data.params
     assert params["lora.r"] == "4" and params["budget_breakdown.total"] == str(metrics["trainable_params"])
     assert params["data.train_file"] == str(tiny_train_csv)
-    assert mlflow.get_tracking_uri() != f"sqlite:///{(run / 'mlflow.db').resolve()}"  # the process's store is back
+    # the process's store is as before: nothing chosen, so a later MLFLOW_TRACKING_URI is obeyed
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert mlflow.get_tracking_uri() != f"sqlite:///{(run / 'mlflow.db').resolve()}"
 
 
 def test_wandb_offline(tmp_path, tiny_model_dir, tiny_train_csv, monkeypatch):
