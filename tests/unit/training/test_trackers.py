@@ -124,3 +124,15 @@ def test_flat_settings_are_tracker_values():
                           "budget_breakdown": {"lora": 3, "total": 4}})
     assert flat == {"lora.r": 8, "lora.target_modules": "query,value", "lora.layers": "none", "budget": 5,
                     "budget_breakdown.lora": 3, "budget_breakdown.total": 4}
+
+
+def test_wandb_not_logged_in_is_one_error(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed (optional); W&B is checked only where it is")
+    wandb.teardown()  # W&B keeps one settings object per process; the offline test's would apply here
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved W&B login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    trackers = RunTrackers(["wandb"], tmp_path)
+    with pytest.raises(UserError, match="--report-to wandb: could not start .*wandb login"):
+        trackers.start({"budget": 1}, {"total": 1})
