@@ -11,6 +11,7 @@ import gc
 import shlex
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from budgetlora.errors import UserError, closest_match
@@ -51,7 +52,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     setup_logging()
     cfg = config_for_train(ns.config, config_overrides(ns), ns.resume)
-    m = train(cfg, command="budgetlora " + shlex.join(["train", *ns._argv]), resume=bool(ns.resume))
+    m = train(cfg, command="budgetlora " + shlex.join(ns._argv), resume=bool(ns.resume))  # _argv starts with "train"
     print(f"best validation accuracy {m.best_eval_accuracy:.4f} (step {m.best_step}), "
           f"{m.trainable_params:,} trainable params < budget {m.budget:,}, "
           f"{m.train_samples_per_second:.1f} samples/s")
@@ -62,8 +63,20 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     from budgetlora.inference.evaluate import evaluate_run
 
     report = evaluate_run(ns.run, ns.data, model=ns.model, batch_size=ns.batch_size, max_samples=ns.max_samples,
-                          quantize=ns.quantize)
+                          quantize=ns.quantize, calibrate=ns.calibrate)
     print(f"accuracy {report['accuracy']:.4f}  macro_f1 {report['macro_f1']:.4f}  ({report['n']} rows)")
+    cal = report["calibration"]
+    fitted = cal.get("fitted")
+    if fitted:
+        print(f"temperature {fitted['temperature']:.4f} fitted on {fitted['rows']} validation rows "
+              f"(ECE {fitted['ece_before']:.4f} -> {fitted['ece_after']:.4f} there); stored in calibration.json")
+    line = f"ECE {cal['ece']:.4f}  NLL {cal['nll']:.4f}  ({cal['binning']})"
+    if "temperature" in cal:
+        line += (f"; at temperature {cal['temperature']:.4f}: ECE {cal['ece_calibrated']:.4f}  "
+                 f"NLL {cal['nll_calibrated']:.4f}")
+    print(line)
+    print(f"errors: {report['errors']} misclassified rows, most confident first: "
+          f"{Path(report['path']).parent / report['errors_file']}")
     print(f"report: {report['path']}")
     return 0
 
@@ -82,6 +95,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         batch_size=ns.batch_size, quantize=ns.quantize, overwrite=ns.overwrite,
     )
     print(f"wrote {summary['rows']} predictions to {summary['output']} ({summary['samples_per_second']:.1f} texts/s)")
+    if ns.probabilities and summary["temperature"] is not None:
+        print(f"probabilities temperature-scaled (T = {summary['temperature']:.4f}, the run's calibration.json)")
     return 0
 
 
@@ -132,6 +147,17 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    from budgetlora.commands.report import report_command
+
+    done = report_command(ns.runs, ns.output, overwrite=ns.overwrite, eval_name=ns.eval, top_errors=ns.errors)
+    for run, missing in done["missing"].items():
+        for line in missing:
+            print(f"{run}: missing {line}", file=sys.stderr)
+    print(f"wrote {done['output']} ({done['runs']} run{'s' if done['runs'] > 1 else ''}, {done['bytes'] / 1024:.0f} KiB, self-contained)")
+    return 0
+
+
 def setup_logging() -> None:
     """The commands that train log their progress at INFO; offline, the Hub client would log
     every retry, and our own one-line error says what happened."""
@@ -153,6 +179,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "search": cmd_search,
     "compare": cmd_compare,
+    "report": cmd_report,
     "bench": cmd_bench,
 }
 
@@ -168,13 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
     add_train_arguments(t)
 
-    e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores and confusion matrix of a run.")
+    e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores, confusion matrix, calibration (ECE, NLL) and the misclassified rows of a run.")
     e.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
     e.add_argument("--data", required=True, metavar="FILE", help="Labelled data file to evaluate on.")
     e.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
     e.add_argument("--batch-size", type=int, default=None, metavar="N")
     e.add_argument("--max-samples", type=int, default=None, metavar="N", help="Evaluate the first N rows only.")
     e.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of linear layers (CPU).")
+    e.add_argument("--calibrate", action="store_true",
+                   help="First fit temperature scaling on the run's own validation split and store it in the run "
+                        "(calibration.json); predict --probabilities then uses it.")
 
     pr = sub.add_parser("predict", help="Write a Kaggle-style submission (ID,Label) or classify one text.")
     pr.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
@@ -211,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("runs", nargs="+", metavar="RUN", help="Run folders, or a search study folder (every complete trial of its search.json).")
     co.add_argument("--output", default="compare.png", metavar="PNG", help="Bar plot to write (default compare.png).")
     co.add_argument("--json", action="store_true", help="Print the rows as JSON instead of a table.")
+
+    r = sub.add_parser("report", help="One self-contained HTML page of evaluated runs: settings, budget, curves, "
+                                      "confusion matrix, calibration, errors, and a comparison of several runs.")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="Run folders, each evaluated by `budgetlora evaluate`.")
+    r.add_argument("--output", default="report.html", metavar="HTML", help="Page to write (default report.html).")
+    r.add_argument("--overwrite", action="store_true", help="Replace HTML if it exists.")
+    r.add_argument("--eval", default=None, metavar="NAME",
+                   help="Which evaluation to show, by its eval/NAME.json (default: each run's newest).")
+    r.add_argument("--errors", type=int, default=20, metavar="N", help="Misclassified rows to show per run (default 20).")
 
     b = sub.add_parser("bench", help="The seed notebooks' HF Trainer pipeline and budgetlora's default one, side by side.")
     b.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Pretrained encoder (Hub id or local folder).")

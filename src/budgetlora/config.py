@@ -30,6 +30,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("linear", "cosine", "constant")
 LORA_INITS = ("true", "gaussian", "pissa", "olora", "eva", "orthogonal", "loftq")
 POOLINGS = ("first", "mean")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers `--report-to` can send a run to
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -326,6 +327,15 @@ class TrainConfig:
     distill_temperature: float = _help(
         "Softmax temperature T of the distillation term (> 1 softens both distributions).", default=2.0
     )
+    report_to: Optional[list[str]] = _help(
+        "Experiment trackers that also receive every log.jsonl record, the resolved settings and the "
+        "budget breakdown, through Accelerate's tracking API: tensorboard (event files in "
+        "RUN/tensorboard), mlflow (the store MLFLOW_TRACKING_URI names, else RUN/mlflow.db), wandb "
+        "(W&B's own settings apply, e.g. WANDB_PROJECT, WANDB_MODE=offline); several "
+        "comma-separated, or none (the default). Checked before training starts: a tracker that "
+        "is not installed stops the run with what to install.",
+        default=None,
+    )
 
     def validate(self) -> None:
         if self.epochs <= 0 and not self.max_steps:
@@ -367,6 +377,14 @@ class TrainConfig:
             raise ConfigError(f"distill_alpha: must be in [0, 1], got {self.distill_alpha!r}")
         if not self.distill_temperature > 0:
             raise ConfigError(f"distill_temperature: must be > 0, got {self.distill_temperature!r}")
+        for name in self.report_to or []:
+            if name == "none":
+                raise ConfigError("report_to: none means no tracker; give it alone, or name the trackers only")
+            if name not in TRACKERS:
+                close = closest_match(name, TRACKERS)
+                hint = f"did you mean {close!r}? " if close else ""
+                raise ConfigError(f"report_to: unknown tracker {name!r}; {hint}choose from "
+                                  f"{', '.join(TRACKERS)} (several comma-separated) or none")
 
     @property
     def teacher_dirs(self) -> list[str]:

@@ -22,9 +22,12 @@ def predict_file(
     quantize: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """One row per input row, in input order. ID = the input's id column, else the row index."""
+    """One row per input row, in input order. ID = the input's id column, else the row index.
+    The probabilities are temperature-scaled when the run has a calibration.json (`evaluate
+    --calibrate`); the labels are the same either way."""
     from budgetlora.config import DataConfig
     from budgetlora.data import load_file
+    from budgetlora.inference.calibration import load_temperature
     from budgetlora.inference.runner import LoadedRun
     from budgetlora.core.files import atomic_write_text
 
@@ -35,9 +38,10 @@ def predict_file(
         raise RunDirError(f"{output_path.parent}: output folder does not exist")
     start = time.perf_counter()
     run = LoadedRun(run_dir, model=model, quantize=quantize)
+    temperature = load_temperature(run_dir)
     dcfg = run.cfg.data if run.cfg else DataConfig()
     textset = load_file(input_path, dcfg, require_labels=False, label_names=run.label_names)
-    probs = run.logits(textset.texts, batch_size, progress=True).softmax(-1)
+    probs = (run.logits(textset.texts, batch_size, progress=True) / (temperature or 1.0)).softmax(-1)
     labels = probs.argmax(-1).tolist()
     ids = textset.ids if textset.ids is not None else list(range(len(labels)))
 
@@ -52,14 +56,17 @@ def predict_file(
         w.writerow(row)
     atomic_write_text(output_path, buf.getvalue())
     seconds = time.perf_counter() - start
-    return {"rows": len(labels), "output": str(output_path), "seconds": seconds, "samples_per_second": len(labels) / seconds}
+    return {"rows": len(labels), "output": str(output_path), "seconds": seconds, "samples_per_second": len(labels) / seconds,
+            "temperature": temperature}
 
 
 def predict_text(run_dir: Union[str, Path], text: str, model: Optional[str] = None) -> tuple[str, float]:
-    """(label name, probability) of one text."""
+    """(label name, probability) of one text; temperature-scaled like `predict_file`'s."""
+    from budgetlora.inference.calibration import load_temperature
     from budgetlora.inference.runner import LoadedRun
 
     run = LoadedRun(run_dir, model=model)
-    probs = run.logits([text], batch_size=1).softmax(-1)[0]
+    temperature = load_temperature(run_dir) or 1.0
+    probs = (run.logits([text], batch_size=1) / temperature).softmax(-1)[0]
     label = int(probs.argmax())
     return run.label_names[label], float(probs[label])

@@ -25,6 +25,7 @@ from budgetlora.training.faults import apply_loss_fault
 from budgetlora.training.outputs import JsonlLog
 from budgetlora.training.setup import Engine, PreparedData, PreparedModel
 from budgetlora.training.state import LogWindow, TrainState
+from budgetlora.training.trackers import RunTrackers
 
 OnEval = Callable[[int, float], None]
 
@@ -61,6 +62,7 @@ class Run:
     window: LogWindow
     log: JsonlLog
     procs: Processes = field(default_factory=Processes)
+    trackers: RunTrackers = field(default_factory=lambda: RunTrackers([], Path(".")))
     stop: StopRequest = field(default_factory=StopRequest)
     tick: float = 0.0  # when the current optimizer step's time started counting
     last_eval_accuracy: float = float("nan")
@@ -202,6 +204,7 @@ def log_training(run: Run, bar: Any) -> None:
         "samples_per_second": state.samples_seen / max(state.train_seconds, 1e-9),
     }
     run.log.write(record)
+    run.trackers.log(record, state.step)
     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}", val=f"{run.last_eval_accuracy:.3f}",
                     sps=f"{record['samples_per_second']:.1f}")
 
@@ -218,6 +221,7 @@ def evaluate(run: Run) -> float:
               "eval_accuracy": accuracy, "eval_loss": loss}
     state.history.append(record)
     run.log.write(record)
+    run.trackers.log(record, state.step)
     if state.record_eval(accuracy) and run.procs.is_main:
         save_adapter(e.unwrapped(), run.tokenizer, run.cfg, run.label_names, run.out / "adapter")
     run.last_eval_accuracy = accuracy

@@ -29,6 +29,7 @@ from budgetlora.training.loop import OnEval, Run, fit
 from budgetlora.training.outputs import JsonlLog, RunMetrics, write_outputs
 from budgetlora.training.setup import check_budget_first, setup_data, setup_engine, setup_model
 from budgetlora.training.state import LogWindow, TrainState
+from budgetlora.training.trackers import RunTrackers
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,17 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
     procs = Processes.start()
     if resume and is_finished_run(Path(cfg.output_dir)):
         raise UserError(f"{cfg.output_dir}: this run has already finished; nothing to resume")
+    trackers = RunTrackers(cfg.train.report_to, Path(cfg.output_dir or "."))  # installed? before anything runs
     with run_folder(cfg, procs) as out:
         try:
-            run = setup(cfg, out, resume, procs)
+            run = setup(cfg, out, resume, procs, trackers)
             fit(run, on_eval)
             return finalize(run, command)
         except torch.cuda.OutOfMemoryError:  # the step, the evaluation or the model's move to the GPU
             t = cfg.train
             raise UserError(oom_message(t.batch_size, t.grad_accum, t.eval_batch_size)) from None
+        finally:
+            trackers.finish()
 
 
 @contextlib.contextmanager
@@ -87,7 +91,8 @@ def run_folder(cfg: RunConfig, procs: Processes = Processes()) -> Iterator[Path]
                 out.rmdir()
 
 
-def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes()) -> Run:
+def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(),
+          trackers: Optional[RunTrackers] = None) -> Run:
     from accelerate.utils import set_seed
 
     t = cfg.train
@@ -111,11 +116,17 @@ def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(
         logger = JsonlLog(out / "log.jsonl", keep_up_to_step=state.step, enabled=procs.is_main)
     else:  # a new run, or one killed before its first checkpoint: step 0, as a new run would
         logger = JsonlLog(out / "log.jsonl", enabled=procs.is_main)
+    trackers = trackers or RunTrackers([], out)
+    # The main process alone reports, as it alone writes log.jsonl; opened once the model, its
+    # budget and the resume step are known.
+    procs.main_first(lambda: trackers.start(cfg.to_dict(), model.measured.as_dict(),
+                                            resume_step=state.step if resume else None), lambda: None)
     if procs.is_main:
         log.info("training %s: %d rows, %d steps, %s, %d trainable params (%s), %d process(es)", cfg.model.model,
                  len(data.train.input_ids), engine.total_steps, engine.precision, model.measured.total,
                  model.measured.describe(), procs.world_size)
-    return Run(cfg, out, checked.label_names, checked.tokenizer, data, model, engine, state, window, logger, procs)
+    return Run(cfg, out, checked.label_names, checked.tokenizer, data, model, engine, state, window, logger,
+               procs, trackers)
 
 
 def finalize(run: Run, command: Optional[str]) -> RunMetrics:
