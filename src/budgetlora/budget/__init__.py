@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from budgetlora.config import RunConfig
 from budgetlora.errors import BudgetError, ConfigError, ModelLoadError
+from budgetlora.core.heads import native_head, native_targets
 
 if TYPE_CHECKING:  # torch is imported lazily: `plan` must start fast
     import torch
@@ -92,7 +93,7 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
             out.lora_B += n
         elif "lora_magnitude_vector" in parts:
             out.dora_magnitude += n
-        elif parts[0] in heads:
+        elif parts[0] in heads and "base_layer" not in parts:  # native: the adapted dense's bias is a bias
             out.head += n
         elif "modules_to_save" in parts:
             out.other += n
@@ -376,7 +377,7 @@ def module_inventory(hf_config: Any, head: str, num_labels: int) -> Optional[Inv
     if getattr(hf_config, "is_decoder", False) or getattr(hf_config, "add_cross_attention", False):
         return None
     prefix, family = ANALYTIC[model_type]
-    p = prefix if head == "default" else "encoder"
+    p = "encoder" if head == "linear" else prefix  # native: the default head's module tree
     if model_type == "mpnet":
         mods = _mpnet(hf_config, p)
     elif model_type == "distilbert":
@@ -387,11 +388,11 @@ def module_inventory(hf_config: Any, head: str, num_labels: int) -> Optional[Inv
         # Only bert's sequence classifier keeps the pretrained pooler; the others (and the
         # linear head, built with add_pooling_layer=False) have none.
         mods = _bert_like(
-            hf_config, p, pooler=(head == "default" and model_type == "bert"),
+            hf_config, p, pooler=(head != "linear" and model_type == "bert"),
             embedding_size=hf_config.embedding_size if model_type == "electra" else None,
         )
     hidden = hf_config.dim if model_type == "distilbert" else hf_config.hidden_size
-    if head != "default":
+    if head == "linear":
         mods += [_none("dropout"), _linear("classifier", hidden, num_labels)]
         head_names = ["classifier"]
     elif model_type == "bert":
@@ -502,9 +503,12 @@ class _NeedsMeta(Exception):
     """The analytic model does not cover this case; count the built model instead."""
 
 
-def modules_to_save(run: RunConfig, head_names: list[str]) -> list[str]:
+def modules_to_save(run: RunConfig, head_names: list[str], model_type: Optional[str] = None) -> list[str]:
     """What peft gets as `modules_to_save` (model.peft_lora_config), plus the names that
-    PeftModelForSequenceClassification appends for the `default` head (SEQ_CLS task)."""
+    PeftModelForSequenceClassification appends for the `default` head (SEQ_CLS task). The
+    `native` head saves its output layer alone (modeling.add_lora)."""
+    if run.model.head == "native":
+        head_names = [native_head(model_type).output]
     names = list(head_names) + list(run.lora.modules_to_train)
     if run.model.head == "default":
         names += ["classifier", "score"]
@@ -532,7 +536,7 @@ def analyse(run: RunConfig, inv: Inventory) -> Analysis:
 
     run = resolve_relative_layers(run, inv.num_layers)  # the mapping model.add_lora applies too
     lora = run.lora
-    save = modules_to_save(run, inv.head_names)
+    save = modules_to_save(run, inv.head_names, inv.model_type)
     try:
         save_guards = [re.compile(rf"(^|.*\.){m}($|\..*)") for m in save]
     except re.error as e:
@@ -559,6 +563,8 @@ def analyse(run: RunConfig, inv: Inventory) -> Analysis:
         return None
 
     target = lora.target_modules
+    if run.model.head == "native":
+        target = native_targets(target, native_head(inv.model_type))
     layers = list(lora.layers) if lora.layers else None
     if isinstance(target, str):
         if target.lower() == "all-linear":

@@ -1,12 +1,14 @@
 """Load a pretrained encoder, put a classification head on it and let peft insert LoRA.
 
-Two heads:
+Three heads:
 - `default`: `AutoModelForSequenceClassification`, the architecture's own head. Its trainable part
   is every top-level module outside the pretrained encoder (roberta: `classifier`; distilbert:
   `pre_classifier` + `classifier`; deberta-v2: `pooler` + `classifier`), because those modules are
   freshly initialised and would stay random if frozen.
 - `linear`: `EncoderClassifier` below, one linear layer on the first token (or the mean of the
   tokens). Same shape of module tree for every architecture.
+- `native`: the `default` module tree with the head's hidden dense layer frozen and LoRA-adapted
+  and only its output layer trained (`native_head.py`); merged, a plain transformers model.
 
 The head is registered with peft as `modules_to_save`, so `save_pretrained` writes it into the
 adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-head problem.
@@ -15,6 +17,7 @@ adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -416,8 +419,12 @@ def build_classifier_from_config(cfg: ModelConfig, hf_config) -> nn.Module:
 def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    if cfg.head == "default":
+    if cfg.head in ("default", "native"):
         model = construct(AutoModelForSequenceClassification, **kwargs)
+        if cfg.head == "native":
+            from budgetlora.modeling.native_head import init_native_head
+
+            init_native_head(model)
     else:
         try:
             encoder = construct(AutoModel, add_pooling_layer=False, **kwargs)
@@ -425,7 +432,7 @@ def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
             encoder = construct(AutoModel, **kwargs)
         model = EncoderClassifier(encoder, num_labels, cfg.pooling)
     set_encoder_dropout(model, cfg.encoder_dropout)
-    if cfg.first_token_last_layer and (cfg.head == "default" or cfg.pooling == "first"):
+    if cfg.first_token_last_layer and (cfg.head != "linear" or cfg.pooling == "first"):
         first_token_last_layer(model)
     return model
 
@@ -489,9 +496,14 @@ def add_lora(model: nn.Module, run: RunConfig):
     from budgetlora.config import model_num_layers, resolve_relative_layers
 
     run = resolve_relative_layers(run, model_num_layers(model.config))  # --layers-relative-to
-    heads = head_module_names(model)
+    heads, lora = head_module_names(model), run.lora
+    if run.model.head == "native":  # the output layer trains whole, the hidden dense gets LoRA
+        from budgetlora.modeling.native_head import native_head, native_targets
+
+        spec = native_head(getattr(model.config, "model_type", None))
+        heads, lora = [spec.output], dataclasses.replace(lora, target_modules=native_targets(lora.target_modules, spec))
     try:
-        pcfg = peft_lora_config(run.lora, heads, run.model.head)
+        pcfg = peft_lora_config(lora, heads, run.model.head)
         return peft.get_peft_model(model, pcfg)
     except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
