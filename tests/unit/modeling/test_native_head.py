@@ -130,3 +130,17 @@ def test_unsupported_architectures_are_one_line_config_errors(model_type):
     if model_type == "distilbert":
         with pytest.raises(ConfigError, match="pre_classifier"):
             estimate(from_dict({"head": "native"}), tiny_config("distilbert"), 4)
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_plan_prices_native_heads_where_the_architecture_has_one(arch):
+    from budgetlora.commands.plan import plan
+
+    hf_config = tiny_config(arch)
+    candidates, _ = plan(hf_config, budget=20_000, num_labels=4)
+    native = [c for c in candidates if c.head == "native"]
+    assert bool(native) == (arch in NATIVE_HEADS)
+    for c in native[:5]:  # the planner's count is peft's
+        run = from_dict({"head": "native", "target_modules": c.target_modules, "layers": c.layers, "r": c.r,
+                         "lora_alpha": c.lora_alpha, "use_dora": c.use_dora})
+        assert count_trainable(_peft_model(run, hf_config)) == c.breakdown
