@@ -164,6 +164,16 @@ def reference_logits(model: Any, tokenizer: Any, texts: list[str], max_length: i
     return predict_logits(model, ids, 32, Collator(pad), torch.device("cpu"), "fp32")
 
 
+def _env_without_budgetlora() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+             if p and not (Path(p) / "budgetlora" / "__init__.py").is_file()]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def _check_script() -> str:
     return (Path(__file__).with_name("export_check.py")).read_text(encoding="utf-8")
 
@@ -174,12 +184,12 @@ def verify_folder(folder: Path, fmt: str, onnx_file: str, texts: list[str], refe
     with tempfile.TemporaryDirectory(prefix="budgetlora-verify-") as work:
         texts_path, out_path = Path(work) / "texts.json", Path(work) / "out.json"
         texts_path.write_text(json.dumps(texts), encoding="utf-8")
-        # -E: no PYTHONPATH (budgetlora's source tree) and the work folder as the current one, so
-        # nothing of budgetlora is on the path by accident; the script's import hook does the rest.
-        cmd = [sys.executable, "-E", "-c", _check_script(), str(folder.resolve()), fmt, onnx_file,
+        # The work folder as the current one and no budgetlora source tree on PYTHONPATH, so nothing
+        # of budgetlora is on the path by accident; the script's import hook refuses the rest.
+        cmd = [sys.executable, "-c", _check_script(), str(folder.resolve()), fmt, onnx_file,
                str(texts_path), str(out_path)]
         try:
-            done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout, env=_env_without_budgetlora())
         except subprocess.TimeoutExpired:
             raise ExportError(f"export: loading the exported folder took over {timeout:.0f} s; nothing was written") from None
         if done.returncode != 0:
