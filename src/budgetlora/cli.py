@@ -100,6 +100,21 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from budgetlora.commands.export import export_run, verification_text
+
+    result = export_run(
+        ns.run, ns.output, ns.format, quantize=ns.quantize, overwrite=ns.overwrite, push_to_hub=ns.push_to_hub,
+        base_model=ns.model, verify_data=ns.verify_data, verify_rows=ns.verify_rows,
+    )
+    kind = ns.format + (f", {ns.quantize}" if ns.quantize else "")
+    print(f"wrote {result.output} ({kind}, {result.head} head, {result.size_bytes / 1e6:.1f} MB) in {result.seconds:.1f} s")
+    print(f"verified without budgetlora on {verification_text(result.verification)}")
+    if result.pushed_to:
+        print(f"pushed to {result.pushed_to}")
+    return 0
+
+
 def cmd_plan(ns: argparse.Namespace) -> int:
     from budgetlora.commands.plan import plan_command
 
@@ -176,6 +191,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
     "plan": cmd_plan,
     "search": cmd_search,
     "compare": cmd_compare,
@@ -216,6 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=None, metavar="N")
     pr.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of linear layers (CPU).")
     pr.add_argument("--overwrite", action="store_true", help="Replace OUT.csv if it exists.")
+
+    ex = sub.add_parser("export", help="A finished run as a standalone model (plain transformers or ONNX), verified without budgetlora.")
+    ex.add_argument("--run", required=True, metavar="DIR", help="A finished run folder.")
+    ex.add_argument("--output", required=True, metavar="OUT", help="Folder to write (must not exist unless --overwrite).")
+    ex.add_argument("--format", choices=["hf", "onnx"], default="hf",
+                    help="hf: a transformers folder (AutoModelForSequenceClassification, pipeline()); onnx: one ONNX graph for ONNX Runtime.")
+    ex.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights (with --format onnx).")
+    ex.add_argument("--overwrite", action="store_true", help="Replace OUT if it exists (only once the new export is verified).")
+    ex.add_argument("--push-to-hub", metavar="REPO", help="Upload the verified folder to this Hugging Face Hub model repo.")
+    ex.add_argument("--model", metavar="ID_OR_DIR", help="Load the base model from here instead of the recorded one.")
+    ex.add_argument("--verify-data", metavar="FILE", help="Texts to verify on instead of the run's validation rows.")
+    ex.add_argument("--verify-rows", type=int, default=512, metavar="N", help="Rows to verify on (default 512).")
 
     pl = sub.add_parser("plan", help="Best adapter configurations under a budget, counted from the model config alone.")
     pl.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Hub id, model folder or config.json.")
@@ -288,7 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # Commands that import torch, transformers and peft (the others stay light: --help, plan, compare).
-MODEL_COMMANDS = frozenset({"train", "evaluate", "predict", "search", "bench"})
+MODEL_COMMANDS = frozenset({"train", "evaluate", "predict", "search", "bench", "export"})
 
 
 # glibc's malloc options (mallopt(3)): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.

@@ -24,7 +24,7 @@ import yaml
 from budgetlora.errors import ConfigError, closest_match
 
 DEFAULT_BUDGET = 1_000_000  # the flagship task's limit: fewer trainable parameters than this
-HEADS = ("default", "linear")
+HEADS = ("default", "linear", "native")
 BIASES = ("none", "all", "lora_only")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -49,10 +49,13 @@ class ModelConfig:
         "Hugging Face Hub id or local folder of the pretrained encoder (config + safetensors weights).",
         default="roberta-base",
     )
-    head: Literal["default", "linear"] = _help(
+    head: Literal["default", "linear", "native"] = _help(
         "Classification head. 'default': the architecture's own head (roberta-base: dense 768x768 + "
         "out_proj, 593,668 params for 4 labels). 'linear': one linear layer on the first token "
-        "(3,076 params for roberta-base), which leaves the budget for the adapters.",
+        "(3,076 params for roberta-base), which leaves the budget for the adapters. 'native': the "
+        "architecture's own head with its hidden dense layer frozen and LoRA-adapted and only the "
+        "output layer trained (roberta-base, r=8: 15,364 params); a merged run is a plain "
+        "transformers model, so it exports (`budgetlora export --format hf`).",
         default="default",
     )
     pooling: Literal["first", "mean"] = _help(

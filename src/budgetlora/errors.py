@@ -34,6 +34,10 @@ class RunDirError(UserError):
     """An output folder that cannot be used (finished run, locked, unwritable)."""
 
 
+class ExportError(UserError):
+    """An export that does not reproduce the run's predictions, or cannot be uploaded."""
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 

@@ -64,7 +64,7 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
             out.lora_B += n
         elif "lora_magnitude_vector" in parts:
             out.dora_magnitude += n
-        elif parts[0] in heads:
+        elif parts[0] in heads and "base_layer" not in parts:  # native: the adapted dense's bias is a bias
             out.head += n
         elif "modules_to_save" in parts:
             out.other += n

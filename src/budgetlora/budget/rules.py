@@ -16,6 +16,7 @@ from budgetlora.budget.counting import Breakdown
 from budgetlora.config import LoraConfig, RunConfig, resolve_relative_layers
 from budgetlora.errors import ConfigError
 from budgetlora.modeling import Inventory
+from budgetlora.modeling.head_specs import native_head, native_targets
 
 
 @dataclass
@@ -43,9 +44,12 @@ _LORA_INTERNALS = (
 )
 
 
-def modules_to_save(run: RunConfig, head_names: list[str]) -> list[str]:
+def modules_to_save(run: RunConfig, head_names: list[str], model_type: Optional[str] = None) -> list[str]:
     """What peft gets as `modules_to_save` (modeling.peft_lora_config), plus the names that
-    PeftModelForSequenceClassification appends for the `default` head (SEQ_CLS task)."""
+    PeftModelForSequenceClassification appends for the `default` head (SEQ_CLS task). The
+    `native` head saves its output layer alone (modeling.add_lora)."""
+    if run.model.head == "native":
+        head_names = [native_head(model_type).output]
     names = list(head_names) + list(run.lora.modules_to_train)
     if run.model.head == "default":
         names += ["classifier", "score"]
@@ -70,7 +74,7 @@ def analyse(run: RunConfig, inv: Inventory) -> Analysis:
     """
     check_combination(run)
     run = resolve_relative_layers(run, inv.num_layers)  # the mapping modeling.add_lora applies too
-    save = modules_to_save(run, inv.head_names)
+    save = modules_to_save(run, inv.head_names, inv.model_type)
     guards, wrapped = _saved_whole(save, inv)
     matches = _target_matcher(run, inv)
     _check_rank_patterns(run.lora)
@@ -127,6 +131,8 @@ def _wrapper_of(name: str, wrapped: set[str]) -> Optional[str]:
 def _target_matcher(run: RunConfig, inv: Inventory) -> Callable[[str], bool]:
     """Whether peft's target_modules (and layers) select a module name."""
     target = run.lora.target_modules
+    if run.model.head == "native":
+        target = native_targets(target, native_head(inv.model_type))
     if isinstance(target, str) and target.lower() == "all-linear":
         # Every nn.Linear; peft drops the output embedding (none here) and, for SEQ_CLS,
         # the module called `classifier`, which modules_to_save excludes anyway.

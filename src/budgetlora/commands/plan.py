@@ -1,6 +1,6 @@
 """`budgetlora plan`: the adapter configurations that fit a budget, best first.
 
-Candidates are head (default | linear) x target set (q,v | q,k,v | q,k,v,o | every linear layer
+Candidates are head (default | linear | native) x target set (q,v | q,k,v | q,k,v,o | every linear layer
 of a block) x layer subset (all, or the top 3/4, 1/2, 1/3, 1/4, 2 or 1 blocks) x DoRA off/on.
 For each one the rank is the largest r (up to 64) that keeps the count strictly under the
 budget; smaller ranks of the same placement are not listed, as they only give capacity away.
@@ -27,7 +27,8 @@ from budgetlora.budget import (
     Analysis, Breakdown, NeedsMeta, analyse, check_budget, count_on_meta, describe_model, estimate,
     inventory_from_model, load_config_only,
 )
-from budgetlora.config import DEFAULT_BUDGET, LoraConfig, ModelConfig, RunConfig, to_flags
+from budgetlora.config import DEFAULT_BUDGET, HEADS, LoraConfig, ModelConfig, RunConfig, to_flags
+from budgetlora.modeling.head_specs import NATIVE_HEADS
 from budgetlora.errors import BudgetError, ConfigError
 from budgetlora.flags import add_train_arguments, config_overrides
 from budgetlora.modeling import Inventory, module_inventory
@@ -138,7 +139,9 @@ def _run_config(head: str, targets: Union[list[str], str], layers: Optional[list
 
 def _inventories(hf_config: Any, num_labels: int) -> dict[str, Inventory]:
     invs = {}
-    for head in ("default", "linear"):
+    for head in HEADS:
+        if head == "native" and getattr(hf_config, "model_type", None) not in NATIVE_HEADS:
+            continue  # an architecture whose head budgetlora cannot split (core/heads.py)
         inv = module_inventory(hf_config, head, num_labels)
         if inv is None:
             inv = _meta_inventory(hf_config, head, num_labels)

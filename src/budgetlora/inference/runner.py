@@ -109,26 +109,45 @@ def inference_precision(cfg, device: torch.device) -> str:
 
 
 class LoadedRun:
-    """A finished run ready for inference: merged model, tokenizer, settings, device, precision."""
+    """A finished run ready for inference: merged model, tokenizer, settings, device, precision.
+    Also a folder written by `budgetlora export` (inference/exported.py)."""
 
     def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
         from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
+        from budgetlora.inference.exported import EXPORT_CONFIG, load_exported, read_export_meta
         from budgetlora.modeling import load_trained, pack_linear_layers
 
         self.run_dir = Path(run_dir)
-        if not (self.run_dir / "adapter").is_dir():
+        exported = read_export_meta(self.run_dir)
+        if exported is None and not (self.run_dir / "adapter").is_dir():
             from budgetlora.errors import RunDirError
 
-            raise RunDirError(f"{self.run_dir}: no trained adapter here (adapter/ is missing); is this a finished run?")
-        cfg_path = self.run_dir / "config.yaml"
+            raise RunDirError(f"{self.run_dir}: no trained adapter here (adapter/ is missing); is this a finished run "
+                              "or a folder written by `budgetlora export`?")
+        cfg_path = self.run_dir / (EXPORT_CONFIG if exported else "config.yaml")
         self.cfg = load_config(cfg_path) if cfg_path.is_file() else None
         self.device = inference_device()
-        self.model, self.tokenizer, self.meta = load_trained(
-            self.run_dir, model, self.cfg.model if self.cfg is not None else None, merge=True
-        )
+        if exported is not None:
+            if model is not None:
+                from budgetlora.errors import ConfigError
+
+                raise ConfigError("--model: an exported folder holds its merged weights; --model is for run folders")
+            self.model, self.tokenizer, self.meta = load_exported(
+                self.run_dir, exported, self.cfg, threads=max(1, torch.get_num_threads() // inference_streams(self.device)))
+        else:
+            self.model, self.tokenizer, self.meta = load_trained(
+                self.run_dir, model, self.cfg.model if self.cfg is not None else None, merge=True
+            )
         self.precision = inference_precision(self.cfg, self.device)
-        if quantize:
+        if exported is not None and exported["format"] == "onnx":
+            if quantize:
+                from budgetlora.errors import ConfigError
+
+                raise ConfigError("--quantize: an onnx export is quantized when it is written "
+                                  "(budgetlora export --format onnx --quantize int8)")
+            self.precision = "fp32"  # ONNX Runtime computes in the graph's own types
+        elif quantize:
             self.model = quantize_int8(self.model)
             self.precision = "fp32"  # int8 kernels take fp32 activations
         elif self.precision in ("bf16", "fp16"):

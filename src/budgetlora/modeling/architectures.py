@@ -107,7 +107,7 @@ def _bert_like(cfg: Any, model_type: str, p: str, head: str) -> list[Module]:
         ]
     # Only bert's sequence classifier keeps the pretrained pooler; the others (and the linear
     # head, built with add_pooling_layer=False) have none.
-    if head == "default" and model_type == "bert":
+    if head != "linear" and model_type == "bert":  # default and native: the sequence classifier
         mods += [linear(f"{p}.pooler.dense", h, h), no_params(f"{p}.pooler.activation")]
     return mods
 
@@ -307,10 +307,10 @@ def module_inventory(hf_config: Any, head: str, num_labels: int) -> Optional[Inv
         return None
     if getattr(hf_config, "is_decoder", False) or getattr(hf_config, "add_cross_attention", False):
         return None
-    prefix = family.prefixes[model_type] if head == "default" else "encoder"
+    prefix = "encoder" if head == "linear" else family.prefixes[model_type]  # native: the default tree
     mods = family.encoder_modules(hf_config, model_type, prefix, head)
     hidden = hf_config.hidden_size
-    if head == "default":
+    if head != "linear":
         mods += family.head_modules(hf_config, model_type, num_labels)
         head_names = list(family.head_names)
     else:  # EncoderClassifier: its dropout and one linear layer

@@ -15,6 +15,7 @@ adapter folder and `PeftModel.from_pretrained` restores it: the notebooks' lost-
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -28,6 +29,8 @@ from budgetlora.config import LoraConfig, ModelConfig, RunConfig, model_num_laye
 from budgetlora.core.hub import load_hf_config, quiet_transformers, wrap_load_error
 from budgetlora.errors import ConfigError, ModelLoadError
 from budgetlora.modeling.fast_paths import first_token_last_layer, resolve_attn_implementation
+from budgetlora.modeling.head_specs import native_head, native_targets
+from budgetlora.modeling.native_head import init_native_head
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +162,10 @@ def build_classifier_from_config(cfg: ModelConfig, hf_config) -> nn.Module:
 def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    if cfg.head == "default":
+    if cfg.head in ("default", "native"):
         model = construct(AutoModelForSequenceClassification, **kwargs)
+        if cfg.head == "native":
+            init_native_head(model)
     else:
         try:
             encoder = construct(AutoModel, add_pooling_layer=False, **kwargs)
@@ -168,7 +173,7 @@ def _make(cfg: ModelConfig, num_labels: int, construct, **kwargs) -> nn.Module:
             encoder = construct(AutoModel, **kwargs)
         model = EncoderClassifier(encoder, num_labels, cfg.pooling)
     set_encoder_dropout(model, cfg.encoder_dropout)
-    if cfg.first_token_last_layer and (cfg.head == "default" or cfg.pooling == "first"):
+    if cfg.first_token_last_layer and (cfg.head != "linear" or cfg.pooling == "first"):
         first_token_last_layer(model)
     return model
 
@@ -225,9 +230,12 @@ def add_lora(model: nn.Module, run: RunConfig):
     import peft
 
     run = resolve_relative_layers(run, model_num_layers(model.config))  # --layers-relative-to
-    heads = head_module_names(model)
+    heads, lora = head_module_names(model), run.lora
+    if run.model.head == "native":  # the output layer trains whole, the hidden dense gets LoRA
+        spec = native_head(getattr(model.config, "model_type", None))
+        heads, lora = [spec.output], dataclasses.replace(lora, target_modules=native_targets(lora.target_modules, spec))
     try:
-        pcfg = peft_lora_config(run.lora, heads, run.model.head)
+        pcfg = peft_lora_config(lora, heads, run.model.head)
         return peft.get_peft_model(model, pcfg)
     except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
