@@ -114,7 +114,7 @@ class LoadedRun:
     def __init__(self, run_dir: Union[str, Path], model: Optional[str] = None, quantize: bool = False):
         from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
-        from budgetlora.modeling import load_trained, pack_linear_layers
+        from budgetlora.modeling import is_quantized, load_trained, pack_linear_layers
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / "adapter").is_dir():
@@ -128,14 +128,21 @@ class LoadedRun:
             self.run_dir, model, self.cfg.model if self.cfg is not None else None, merge=True
         )
         self.precision = inference_precision(self.cfg, self.device)
-        if quantize:
+        if is_quantized(self.model):  # a --quantize-base run: served on its bitsandbytes base, as trained
+            if quantize:
+                from budgetlora.errors import UserError
+
+                raise UserError(f"{self.run_dir}: trained on a {self.meta.get('quantize_base')} base, which is "
+                                "served quantized already; drop --quantize")
+        elif quantize:
             self.model = quantize_int8(self.model)
             self.precision = "fp32"  # int8 kernels take fp32 activations
         elif self.precision in ("bf16", "fp16"):
             # The merged model is frozen: hold it in the low precision once instead of letting
             # autocast re-cast every weight on every batch (half the memory, no per-batch casts).
             self.model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
-        self.model.to(self.device)
+        if not is_quantized(self.model):  # bitsandbytes placed it on its device when loading
+            self.model.to(self.device)
         if self.cfg is None or self.cfg.model.packed_cpu_linear:
             pack_linear_layers(self.model)  # a no-op unless the model is now bf16 on a CPU
         self.label_names: list[str] = list(self.meta["label_names"])
