@@ -232,7 +232,8 @@ def _adapted(run: RunConfig, method: str, inv: Inventory, matches: Callable[[str
             raise NeedsMeta(f"{shown} on a {mod.kind if mod else 'block of'} layer")
         if _wrapper_of(key, wrapped) is not None:
             raise NeedsMeta(f"{key} is both adapted and saved whole")
-        rank = run.adapter.adalora_init_r if method == "adalora" else _rank_of(key, run.lora)
+        rank = (run.adapter.adalora_init_r if method == "adalora" else
+                _rank_of(key, run.lora) if method in LORA_FAMILY + ("lokr", "loha") else 0)
         adapted.append(Adapted(key, rank, mod.in_features, mod.out_features))
     return adapted, excluded_any
 
