@@ -65,6 +65,28 @@ def refuse_merge(method: str, operation: str) -> None:
                         f"{METHOD_INFO[method].summary} apart); use the run folder with budgetlora predict/evaluate")
 
 
+def describe_adapter(run: RunConfig) -> str:
+    """One line for the model card: the method and the settings that shape it."""
+    method, lora, a = resolved_method(run), run.lora, run.adapter
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    where = f"targets: {targets}, layers: {lora.layers or 'all'}, bias: {lora.bias}"
+    own = {
+        "lora": f"LoRA r={lora.r}, alpha={lora.lora_alpha:g}, dropout={lora.lora_dropout:g}",
+        "dora": f"DoRA r={lora.r}, alpha={lora.lora_alpha:g}, dropout={lora.lora_dropout:g}",
+        "rslora": f"rsLoRA r={lora.r}, alpha={lora.lora_alpha:g}, dropout={lora.lora_dropout:g}",
+        "adalora": f"AdaLoRA init_r={a.adalora_init_r}, target_r={a.adalora_target_r}, alpha={lora.lora_alpha:g}",
+        "vera": f"VeRA r={a.vera_r}, d_initial={a.vera_d_initial:g}",
+        "fourierft": f"FourierFT n_frequency={a.fourierft_n_frequency}, scaling={a.fourierft_scaling:g}",
+        "lokr": f"LoKr r={lora.r}, alpha={lora.lora_alpha:g}, decompose_factor={a.lokr_decompose_factor}",
+        "loha": f"LoHa r={lora.r}, alpha={lora.lora_alpha:g}",
+        "ia3": f"IA3, feed-forward: {', '.join(a.ia3_feedforward_modules) or 'none'}",
+    }
+    if method in own:
+        return f"{own[method]}{', rsLoRA scaling' if method == 'dora' and lora.use_rslora else ''}, {where}"
+    return {"bias": "BitFit (every bias of the encoder)", "layernorm": "LayerNorm tuning (every LayerNorm of the "
+            "encoder)", "prompt": f"prompt tuning, {a.num_virtual_tokens} virtual tokens"}[method]
+
+
 def norm_module_names(model: "nn.Module", head_modules: list[str]) -> list[str]:
     """The normalisation layers of the encoder (LayerNorm tuning's targets), head excluded; a
     module counts as one when its class name says so, as in `budget.inventory_from_model`."""
