@@ -376,7 +376,10 @@ class TrainConfig:
     )
     grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
     lr: float = _help("Peak learning rate of AdamW.", default=2e-4)
-    head_lr: Optional[float] = _help("Learning rate of the head; default: lr.", default=None)
+    head_lr: Optional[float] = _help(
+        "Learning rate of the head (the classifier modules); default: lr. Everything else that trains "
+        "(the method's adapter, biases, modules_to_train) uses lr.", default=None,
+    )
     lora_plus_ratio: float = _help("LoRA+: learning rate of the B matrices = lr x this ratio (1 = plain LoRA).", default=1.0)
     weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", default=0.01)
     schedule: Literal["linear", "cosine", "constant"] = _help("Learning-rate decay after warm-up.", default="linear")

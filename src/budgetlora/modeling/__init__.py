@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     )
     from budgetlora.modeling.inventory import Inventory, Module
     from budgetlora.modeling.methods import (
-        METHOD_INFO, MethodInfo, TrainingHooks, attach_method, can_merge, describe_adapter, is_adapter_param,
-        peft_lora_config,
+        METHOD_INFO, MethodInfo, TrainingHooks, attach_method, can_merge, describe_adapter, peft_lora_config,
         peft_method_config, refuse_merge, training_hooks,
     )
     from budgetlora.modeling.run_model import (
@@ -40,7 +39,6 @@ _HOME = {
                    "resolve_attn_implementation"],
     "inventory": ["Inventory", "Module"],
     "methods": ["METHOD_INFO", "MethodInfo", "TrainingHooks", "attach_method", "can_merge", "describe_adapter",
-                "is_adapter_param",
                 "peft_lora_config", "peft_method_config", "refuse_merge", "training_hooks"],
     "run_model": ["BUDGETLORA_META", "TRAINED_PARAMETERS", "load_trained", "read_adapter_meta", "save_adapter"],
 }

@@ -43,15 +43,7 @@ METHOD_INFO = {m.name: m for m in (
     MethodInfo("prompt", "trained virtual tokens before the text", True, False),
 )}
 
-# Parameter-name parts of each peft method's trained tensors (the optimizer gives them the adapter
-# learning rate; everything else that trains is the head's).
-ADAPTER_PARAM_MARKERS = ("lora_", "vera_lambda_", "fourierft_", "hada_", "lokr_", "ia3_", "ln_tuning_",
-                         "prompt_encoder")
 _BIAS_MODE = {"vera": "vera_only", "fourierft": "fourier_only"}  # peft's name for our lora_only
-
-
-def is_adapter_param(name: str) -> bool:
-    return any(marker in name for marker in ADAPTER_PARAM_MARKERS)
 
 
 def can_merge(method: str) -> bool:

@@ -24,7 +24,7 @@ from budgetlora.core.distributed import Processes
 from budgetlora.core.hub import load_hf_config, load_tokenizer
 from budgetlora.data import Collator, Encoded, EncodedDataset, ShardedBatchSampler, encode, length_filter_indices, prepare_splits, train_batch_sampler
 from budgetlora.modeling import (
-    TrainingHooks, add_lora, build_classifier, check_tokenizer_matches, is_adapter_param, training_hooks,
+    TrainingHooks, add_lora, build_classifier, check_tokenizer_matches, head_module_names, training_hooks,
 )
 from budgetlora.training.distill import training_targets
 
@@ -188,17 +188,23 @@ def _parallel_options(t: TrainConfig, procs: Processes) -> dict[str, Any]:
 
 
 def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: LoRA+ gives B its own learning rate; no weight decay on biases, norms, DoRA."""
+    """AdamW groups: the head at head_lr, everything else that trains (any method's adapter,
+    biases, modules_to_train) at lr; LoRA+ gives B its own learning rate; no weight decay on
+    biases, norms, DoRA magnitudes or IA3 scales."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = set(head_module_names(base))
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        # base_model.model.X in a peft tuner model, base_model.X with prompt learning
+        in_head = name.removeprefix("base_model.model.").removeprefix("base_model.").split(".")[0] in heads
         if "lora_B" in name:
             lr = t.lr * t.lora_plus_ratio
-        elif is_adapter_param(name):  # LoRA's A, and every other method's own tensors
-            lr = t.lr
-        else:
+        elif in_head:
             lr = t.head_lr if t.head_lr is not None else t.lr
+        else:
+            lr = t.lr
         # IA3's scales start at 1 and are (n, 1) matrices: decay would pull them towards switching
         # the activations off.
         no_decay = p.ndim < 2 or "norm" in name.lower() or "magnitude" in name or "ia3_l" in name

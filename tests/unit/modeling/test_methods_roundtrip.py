@@ -252,3 +252,21 @@ def test_qlora_trains_and_reloads_on_a_quantized_base(tmp_path, bert64_dir, bits
     served, _, meta = load_trained(tmp_path)
     assert meta["quantize_base"] == bits and is_quantized(served) and hasattr(served, "peft_config")
     assert torch.allclose(_logits(served), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["vera", "bias", "prompt", "ia3"])
+def test_optimizer_gives_the_method_lr_and_the_head_head_lr(tiny_model_dir, method):
+    from budgetlora.config import TrainConfig
+    from budgetlora.training.setup import param_groups
+
+    run = _run(tiny_model_dir, method)
+    model = add_lora(build_classifier(run.model, 4, LABELS), run)
+    groups = param_groups(model, TrainConfig(lr=1e-2, head_lr=1e-3, weight_decay=0.1))
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        in_head = ".classifier." in f".{name}"
+        assert lr_of[id(p)][0] == (1e-3 if in_head else 1e-2), name
+        if "ia3_l" in name or name.endswith("bias"):
+            assert lr_of[id(p)][1] == 0.0, name
