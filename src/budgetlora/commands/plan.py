@@ -28,11 +28,11 @@ from budgetlora.budget import (
     inventory_from_model, load_config_only,
 )
 from budgetlora.config import (
-    DEFAULT_BUDGET, LoraConfig, ModelConfig, RunConfig, field_index, resolved_method, to_flags,
+    DEFAULT_BUDGET, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, resolved_method, to_flags,
 )
 from budgetlora.errors import BudgetError, ConfigError, closest_match
 from budgetlora.flags import add_train_arguments, config_overrides
-from budgetlora.modeling import Inventory, module_inventory
+from budgetlora.modeling import Inventory, module_inventory, prompt_room
 
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
@@ -295,7 +295,7 @@ def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int,
 
     try:
         one = count(1)
-        size = _largest_size(method, one, shell, budget) if method in SIZES else 0
+        size = _largest_size(method, one, shell, budget, hf_config) if method in SIZES else 0
         if method in SIZES and size < 1:
             return None
         final = count(size) if method in SIZES else one
@@ -315,11 +315,14 @@ def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int,
     return (head, method, tuple(a.name for a in final.adapted), size, tuple(ff)), shell
 
 
-def _largest_size(method: str, one: Analysis, shell: Candidate, budget: int) -> int:
+def _largest_size(method: str, one: Analysis, shell: Candidate, budget: int, hf_config: Any) -> int:
     """The largest size up to the method's cap that keeps the count under the budget. Every
     count but LoKr's is linear in its size (fixed + size x slope), so it is solved exactly;
     LoKr's factors change shape with r, so its sizes are tried from the cap down."""
     cap = SIZES[method][1]
+    if method == "prompt":  # the virtual tokens and the texts must fit the position embeddings
+        room = prompt_room(hf_config, DataConfig().max_length)
+        cap = cap if room is None else min(cap, room)
     if method == "fourierft":  # at most in x out coefficients per module (peft refuses more)
         cap = min([cap] + [a.in_features * a.out_features for a in one.adapted])
     if method == "lokr":

@@ -86,7 +86,8 @@ def test_plan_counts_match_peft_on_tiny_models(arch):
     assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
     keys = {(c.method, c.head, c.targets_text, tuple(c.layers or ()), c.size, tuple(c.feedforward)) for c in candidates}
     assert len(keys) == len(candidates)
-    assert {c.method for c in candidates} == set(PLAN_METHODS)
+    # no prompt tuning: 130 positions leave no room for virtual tokens before 128-token texts
+    assert {c.method for c in candidates} == set(PLAN_METHODS) - {"prompt"}
     # every method's best entry, and a sample of the rest
     firsts = list({c.method: c for c in reversed(candidates)}.values())
     for c in firsts + candidates[:3] + candidates[3::8]:
@@ -241,7 +242,7 @@ def test_plan_method_filter_and_a_mistyped_method(tiny_config_dir, capsys):
 @pytest.mark.parametrize("method, flags, kind", [
     ("vera", "--vera-r 64 --target-modules query,value", "vera_lambda"),
     ("ia3", "--target-modules key,value,output.dense --ia3-feedforward-modules output.dense", "ia3_scale"),
-    ("prompt", "--num-virtual-tokens 10", "prompt"),
+    ("prompt", "--num-virtual-tokens 10 --max-length 64", "prompt"),
     ("bias", "", "bias"),
 ])
 def test_explain_shows_each_methods_own_kind(tiny_config_dir, capsys, method, flags, kind):
@@ -251,3 +252,18 @@ def test_explain_shows_each_methods_own_kind(tiny_config_dir, capsys, method, fl
     line = next(x for x in out.splitlines() if x.strip().startswith(kind + " "))
     run = _run_from_train_args(["--method", method, *flags.split()])
     assert int(line.split()[1].replace(",", "")) == getattr(estimate(run, _four_layers("roberta"), 4), kind)
+
+
+def test_plan_fits_virtual_tokens_into_the_position_embeddings():
+    cfg = _four_layers("roberta")
+    for positions, tokens in ((200, 64), (180, 50), (130, None)):  # room = positions - 2 - 128
+        cfg.max_position_embeddings = positions
+        found = [c for c in plan(cfg, 50_000, 4, ["prompt"])[0] if c.head == "linear"]
+        assert [c.size for c in found] == ([tokens] if tokens else [])
+    cfg.max_position_embeddings = 180
+    c = plan(cfg, 50_000, 4, ["prompt"])[0][0]
+    run = _run_from_train_args(c.train_args("unused", 50_000))
+    model = add_lora(build_classifier_from_config(run.model, cfg), run)
+    assert count_trainable(model) == c.breakdown and c.breakdown.prompt == c.size * 32
+    with pytest.raises(ConfigError, match="exceed the 180 positions"):
+        estimate(dataclasses.replace(c, size=c.size + 1).run_config(), cfg, 4)

@@ -27,7 +27,7 @@ OPTIONS = {
     "loha": {"r": 2},
     "ia3": {"target_modules": "key,value,output.dense", "ia3_feedforward_modules": "output.dense"},
     "adalora": {"adalora_init_r": 4, "adalora_target_r": 2},
-    "prompt": {"num_virtual_tokens": 4},
+    "prompt": {"num_virtual_tokens": 4, "max_length": 64},  # the tiny roberta has 130 positions
 }
 
 
@@ -160,7 +160,8 @@ def test_prompt_tuning_run_is_served_by_predict(tmp_path, tiny_model_dir, tiny_t
 
     cfg = load_config(None, {
         "model": str(tiny_model_dir), "train_file": str(tiny_train_csv), "output_dir": str(tmp_path / "run"),
-        "method": "prompt", "num_virtual_tokens": 3, "head": "linear", "max_steps": 4, "batch_size": 16,
+        "method": "prompt", "num_virtual_tokens": 3, "max_length": 64, "head": "linear", "max_steps": 4,
+        "batch_size": 16,
         "eval_every": 4, "lr": 1e-2,
     })
     train(cfg)
@@ -179,6 +180,9 @@ def test_methods_refuse_settings_they_cannot_use(tiny_model_dir, method):
         _run(tiny_model_dir, "ia3", layers=[1])
     with pytest.raises(ConfigError, match="bias"):
         _run(tiny_model_dir, "bias", bias="all")
+    long_prompt = _run(tiny_model_dir, "prompt", max_length=125)  # + 4 tokens > the tiny roberta's 130 - 2
+    with pytest.raises(ConfigError, match="exceed the 130 positions"):
+        add_lora(build_classifier(long_prompt.model, 4, LABELS), long_prompt)
     with pytest.raises(ConfigError, match="cannot adapt bitsandbytes layers"):
         _run(tiny_model_dir, "lokr", quantize_base="4bit")
     with pytest.raises(ConfigError, match="must also be in --target-modules"):
