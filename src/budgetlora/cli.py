@@ -118,7 +118,8 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_plan(ns: argparse.Namespace) -> int:
     from budgetlora.commands.plan import plan_command
 
-    print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain))
+    print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain,
+                       methods=ns.method))
     return 0
 
 
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=int, default=20, metavar="N", help="Rows to print.")
     pl.add_argument("--json", action="store_true", help="Print every candidate as JSON.")
     pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
+    pl.add_argument("--method", metavar="NAMES", help="Only these methods, comma-separated (default: all of "
+                    "lora, dora, adalora, vera, fourierft, lokr, loha, ia3, bias, layernorm, prompt).")
 
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")

@@ -31,6 +31,10 @@ SCHEDULES = ("linear", "cosine", "constant")
 LORA_INITS = ("true", "gaussian", "pissa", "olora", "eva", "orthogonal", "loftq")
 POOLINGS = ("first", "mean")
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers `--report-to` can send a run to
+# Parameter-efficient methods (`--method`); docs/METHODS.md compares them at equal budgets.
+METHODS = ("lora", "dora", "rslora", "vera", "fourierft", "lokr", "loha", "ia3", "adalora", "bias", "layernorm", "prompt")
+LORA_FAMILY = ("lora", "dora", "rslora")
+QUANTIZATIONS = ("4bit", "8bit")
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -100,6 +104,12 @@ class ModelConfig:
         "because a pickle can run arbitrary code.",
         default=False,
     )
+    quantize_base: Optional[Literal["4bit", "8bit"]] = _help(
+        "QLoRA: load the frozen pretrained encoder quantized by bitsandbytes (pip install bitsandbytes): "
+        "'4bit' is NF4 with double quantization and bf16 compute, '8bit' LLM.int8(). The head and the "
+        "adapters stay in full precision and the trainable count does not change. None: full precision.",
+        default=None,
+    )
 
     def validate(self) -> None:
         _choice("head", self.head, HEADS)
@@ -108,6 +118,8 @@ class ModelConfig:
             raise ConfigError("model: give a Hugging Face Hub id or a local model folder")
         if self.encoder_dropout is not None and not 0.0 <= self.encoder_dropout < 1.0:
             raise ConfigError(f"encoder_dropout: must be in [0, 1), got {self.encoder_dropout}")
+        if self.quantize_base is not None:
+            _choice("quantize_base", self.quantize_base, QUANTIZATIONS)
 
 
 @dataclass
@@ -232,6 +244,85 @@ class LoraConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Which parameter-efficient method trains, and the options of each (peft does the inserting).
+
+    The target modules, layers, bias and modules_to_train of the LoRA section apply to every method
+    that adapts modules; LoKr and LoHa also take their rank and alpha from --r and --lora-alpha.
+    Defaults are peft's own.
+    """
+
+    method: Literal[METHODS] = _help(  # type: ignore[valid-type]
+        "Parameter-efficient method: lora, dora (LoRA + a magnitude vector per module), rslora (LoRA "
+        "scaled by alpha/sqrt(r)), vera (frozen shared random projections, trained scaling vectors), "
+        "fourierft (a few trained Fourier coefficients per module), lokr (Kronecker-factored update), "
+        "loha (Hadamard product of two low-rank updates), ia3 (trained scaling of activations), adalora "
+        "(LoRA whose ranks are pruned from --adalora-init-r towards --adalora-target-r while training), "
+        "bias (BitFit: only the biases train), layernorm (only the LayerNorms train) or prompt (prompt "
+        "tuning: trained virtual tokens before the text). The head trains whole with every method. "
+        "bias, layernorm and prompt ignore --target-modules. docs/METHODS.md compares them.",
+        default="lora",
+    )
+    vera_r: int = _help(
+        "VeRA: rank of the frozen random projections shared by all adapted modules; each module trains "
+        "r + out_features scaling parameters.", default=256,
+    )
+    vera_d_initial: float = _help("VeRA: initial value of the trained d vector.", default=0.1)
+    vera_projection_prng_key: int = _help(
+        "VeRA: seed of the shared random projections (saved with the adapter).", default=0
+    )
+    fourierft_n_frequency: int = _help(
+        "FourierFT: Fourier coefficients trained per adapted module (at most in x out features).", default=1000
+    )
+    fourierft_scaling: float = _help("FourierFT: scale of the weight update (like LoRA's alpha/r).", default=150.0)
+    lokr_decompose_factor: int = _help(
+        "LoKr: factor of the Kronecker decomposition of each dimension; -1: as close to its square root "
+        "as possible.", default=-1,
+    )
+    lokr_decompose_both: bool = _help(
+        "LoKr: also factor the left Kronecker matrix into two rank-r matrices.", default=False
+    )
+    ia3_feedforward_modules: list[str] = _help(
+        "IA3: target modules whose input (not output) is scaled, the feed-forward layers of the IA3 paper "
+        "(e.g. output.dense, which in BERT-style models also names the attention output); each must also "
+        "be in --target-modules.", default_factory=list,
+    )
+    adalora_init_r: int = _help(
+        "AdaLoRA: rank every adapted module starts with; the budget counts it, as it is the most that "
+        "ever trains.", default=12,
+    )
+    adalora_target_r: int = _help("AdaLoRA: average rank per module left at the end of training.", default=8)
+    adalora_tinit: int = _help("AdaLoRA: steps of warm-up before ranks are pruned.", default=0)
+    adalora_tfinal: int = _help("AdaLoRA: final steps that train with the ranks fixed.", default=0)
+    adalora_delta_t: int = _help("AdaLoRA: steps between two rank reallocations.", default=1)
+    adalora_orth_reg_weight: float = _help(
+        "AdaLoRA: weight of the orthogonality penalty on its singular vectors, added to the loss.", default=0.5
+    )
+    num_virtual_tokens: int = _help(
+        "Prompt tuning: trained virtual tokens put before every text (each costs hidden_size parameters; "
+        "the texts get this many tokens longer).", default=20,
+    )
+
+    def validate(self) -> None:
+        _choice("method", self.method, METHODS)
+        for name in ("vera_r", "fourierft_n_frequency", "adalora_init_r", "adalora_target_r", "adalora_delta_t",
+                     "num_virtual_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        for name in ("adalora_tinit", "adalora_tfinal"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0 steps, got {getattr(self, name)!r}")
+        if self.adalora_target_r > self.adalora_init_r:
+            raise ConfigError(f"adalora_target_r: {self.adalora_target_r} is above --adalora-init-r "
+                              f"{self.adalora_init_r}; AdaLoRA only prunes ranks")
+        if self.adalora_orth_reg_weight < 0:
+            raise ConfigError(f"adalora_orth_reg_weight: must be >= 0, got {self.adalora_orth_reg_weight!r}")
+        if self.lokr_decompose_factor == 0 or self.lokr_decompose_factor < -1:
+            raise ConfigError(f"lokr_decompose_factor: must be -1 or a positive factor, got {self.lokr_decompose_factor!r}")
+
+
+@dataclass
 class DataConfig:
     """Where the texts come from, how validation is carved and how texts are tokenized."""
 
@@ -289,7 +380,10 @@ class TrainConfig:
     )
     grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
     lr: float = _help("Peak learning rate of AdamW.", default=2e-4)
-    head_lr: Optional[float] = _help("Learning rate of the head; default: lr.", default=None)
+    head_lr: Optional[float] = _help(
+        "Learning rate of the head (the classifier modules); default: lr. Everything else that trains "
+        "(the method's adapter, biases, modules_to_train) uses lr.", default=None,
+    )
     lora_plus_ratio: float = _help("LoRA+: learning rate of the B matrices = lr x this ratio (1 = plain LoRA).", default=1.0)
     weight_decay: float = _help("AdamW weight decay (not applied to biases and norms).", default=0.01)
     schedule: Literal["linear", "cosine", "constant"] = _help("Learning-rate decay after warm-up.", default="linear")
@@ -401,6 +495,7 @@ class RunConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: int = field(
@@ -417,6 +512,7 @@ class RunConfig:
             getattr(self, section).validate()
         if not isinstance(self.budget, int) or self.budget <= 0:
             raise ConfigError(f"budget: must be a positive number of parameters, got {self.budget!r}")
+        check_method_settings(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,13 +525,63 @@ class RunConfig:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "lora": LoraConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "lora": LoraConfig, "adapter": AdapterConfig, "data": DataConfig,
+                             "train": TrainConfig}
 TOP_LEVEL = ("budget", "output_dir", "overwrite")
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The method and the LoRA-section settings it can use (modeling.methods builds it, budget counts it)
+# ---------------------------------------------------------------------------------------------
+
+# Methods whose peft config takes a bias mode (peft's "<method>_only" is our lora_only), and those
+# that take rank_pattern / alpha_pattern or layers_to_transform.
+_TAKES_BIAS = LORA_FAMILY + ("adalora", "vera", "fourierft")
+_TAKES_PATTERNS = LORA_FAMILY + ("lokr", "loha")
+_TAKES_LAYERS = LORA_FAMILY + ("adalora", "vera", "fourierft", "lokr", "loha")
+_TAKES_MODULES_TO_TRAIN = LORA_FAMILY + ("adalora", "vera", "fourierft", "lokr", "loha", "ia3", "layernorm")
+
+
+def resolved_method(run: "RunConfig") -> str:
+    """The method that trains: --use-dora / --use-rslora on plain LoRA name DoRA / rsLoRA."""
+    method = run.adapter.method
+    if method in LORA_FAMILY:
+        if method == "dora" or run.lora.use_dora:
+            return "dora"
+        if method == "rslora" or run.lora.use_rslora:
+            return "rslora"
+    return method
+
+
+def check_method_settings(run: "RunConfig") -> None:
+    """Refuse LoRA-section settings that the chosen method has no use for, rather than ignore them."""
+    method, lora = run.adapter.method, run.lora
+    if method not in LORA_FAMILY and (lora.use_dora or lora.use_rslora):
+        flag = "--use-dora" if lora.use_dora else "--use-rslora"
+        raise ConfigError(f"{flag.lstrip('-').replace('-', '_')}: only for --method lora; {method} has no {flag}")
+    if lora.bias != "none" and method not in _TAKES_BIAS:
+        extra = "; --method bias already trains every bias" if method == "bias" else ""
+        raise ConfigError(f"bias: --bias {lora.bias} is for {', '.join(_TAKES_BIAS)}, not --method {method}{extra}")
+    if (lora.rank_pattern or lora.alpha_pattern) and method not in _TAKES_PATTERNS:
+        raise ConfigError(f"rank_pattern/alpha_pattern: only {', '.join(_TAKES_PATTERNS)} take them, "
+                          f"not --method {method}")
+    if lora.layers is not None and method not in _TAKES_LAYERS:
+        raise ConfigError(f"layers: --method {method} cannot be limited to layers (peft has no layers_to_transform "
+                          f"for it); drop --layers or list exact module names in --target-modules")
+    if lora.modules_to_train and method not in _TAKES_MODULES_TO_TRAIN:
+        raise ConfigError(f"modules_to_train: not supported with --method {method}")
+    if run.model.quantize_base and method in ("lokr", "loha"):  # peft reads their shapes off packed weights
+        raise ConfigError(f"quantize_base: peft's {method} cannot adapt bitsandbytes layers; drop --quantize-base "
+                          "or use another --method (lora, dora, vera, ia3, adalora, ...)")
+    if method == "ia3" and isinstance(lora.target_modules, list):
+        missing = [m for m in run.adapter.ia3_feedforward_modules if m not in lora.target_modules]
+        if missing:  # peft's IA3Config refuses this too, with a traceback
+            raise ConfigError(f"ia3_feedforward_modules: {', '.join(missing)} must also be in --target-modules")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,14 +10,29 @@ from budgetlora.errors import BudgetError
 if TYPE_CHECKING:  # torch is imported lazily: `plan` must start fast
     import torch
 
-# Display order: adapters first, then what trains besides them.
-KINDS = ("lora_A", "lora_B", "dora_magnitude", "head", "bias", "other")
+# Display order: adapters first (LoRA's, then each other method's own kind), then what trains
+# besides them.
+KINDS = ("lora_A", "lora_B", "dora_magnitude", "adalora_E", "vera_lambda", "fourier_spectrum", "kronecker",
+         "hadamard", "ia3_scale", "layernorm", "prompt", "head", "bias", "other")
+
+# The parameter-name part that marks each method's tensors in a peft model, and its kind.
+_NAME_KINDS = {
+    "lora_A": "lora_A", "lora_embedding_A": "lora_A", "lora_B": "lora_B", "lora_embedding_B": "lora_B",
+    "lora_magnitude_vector": "dora_magnitude", "lora_E": "adalora_E",
+    "vera_lambda_b": "vera_lambda", "vera_lambda_d": "vera_lambda", "fourierft_spectrum": "fourier_spectrum",
+    "lokr_w1": "kronecker", "lokr_w1_a": "kronecker", "lokr_w1_b": "kronecker", "lokr_w2": "kronecker",
+    "lokr_w2_a": "kronecker", "lokr_w2_b": "kronecker", "lokr_t2": "kronecker",
+    "hada_w1_a": "hadamard", "hada_w1_b": "hadamard", "hada_w2_a": "hadamard", "hada_w2_b": "hadamard",
+    "hada_t1": "hadamard", "hada_t2": "hadamard", "ia3_l": "ia3_scale", "ln_tuning_layers": "layernorm",
+    "prompt_encoder": "prompt",
+}
 
 
 @dataclass
 class Breakdown:
-    """Trainable parameters by kind. `other` is everything besides adapters, head and biases,
-    in practice the full copies of `modules_to_train` (e.g. LayerNorms)."""
+    """Trainable parameters by kind. Each method's adapter tensors have their own kind (AdaLoRA's
+    A and B count as lora_A and lora_B, its singular values as adalora_E); `other` is everything
+    besides adapters, head and biases, in practice the full copies of `modules_to_train`."""
 
     lora_A: int = 0
     lora_B: int = 0
@@ -25,6 +40,14 @@ class Breakdown:
     bias: int = 0
     dora_magnitude: int = 0
     other: int = 0
+    adalora_E: int = 0
+    vera_lambda: int = 0
+    fourier_spectrum: int = 0
+    kronecker: int = 0
+    hadamard: int = 0
+    ia3_scale: int = 0
+    layernorm: int = 0
+    prompt: int = 0
 
     @property
     def total(self) -> int:
@@ -56,14 +79,12 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
         if not p.requires_grad:
             continue
         n = p.numel()
-        rel = name.removeprefix("base_model.model.")
+        # base_model.model.X in a peft tuner model; base_model.X with prompt learning
+        rel = name.removeprefix("base_model.model.").removeprefix("base_model.")
         parts = rel.split(".")
-        if "lora_A" in parts or "lora_embedding_A" in parts:
-            out.lora_A += n
-        elif "lora_B" in parts or "lora_embedding_B" in parts:
-            out.lora_B += n
-        elif "lora_magnitude_vector" in parts:
-            out.dora_magnitude += n
+        kind = next((_NAME_KINDS[x] for x in parts if x in _NAME_KINDS), None)
+        if kind is not None:
+            setattr(out, kind, getattr(out, kind) + n)
         elif parts[0] in heads and "base_layer" not in parts:  # native: the adapted dense's bias is a bias
             out.head += n
         elif "modules_to_save" in parts:
@@ -73,6 +94,15 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
         else:
             out.other += n
     return out
+
+
+# What shrinks each method's own kind (lora_A/B already say "a smaller --r").
+_METHOD_KNOBS = {
+    "adalora_E": "a smaller --adalora-init-r", "vera_lambda": "a smaller --vera-r or fewer --target-modules",
+    "fourier_spectrum": "a smaller --fourierft-n-frequency", "kronecker": "a smaller --r or --lokr-decompose-both",
+    "hadamard": "a smaller --r", "ia3_scale": "fewer --target-modules",
+    "prompt": "fewer --num-virtual-tokens",
+}
 
 
 def check_budget(breakdown: Breakdown, budget: int) -> None:
@@ -86,7 +116,7 @@ def check_budget(breakdown: Breakdown, budget: int) -> None:
     lora = breakdown.lora_A + breakdown.lora_B
     if breakdown.head and breakdown.head * 20 >= total:  # a small head (already linear) is not where the room goes
         hints.append((breakdown.head, f"--head linear (the head alone is {breakdown.head:,})"))
-    if lora:
+    if lora and not breakdown.adalora_E:  # AdaLoRA's rank is --adalora-init-r (its own hint below)
         hints.append((lora, "a smaller --r"))
         hints.append((lora - 1, "fewer --target-modules or --layers"))
     if breakdown.bias:
@@ -95,6 +125,9 @@ def check_budget(breakdown: Breakdown, budget: int) -> None:
         hints.append((breakdown.dora_magnitude, "--no-use-dora"))
     if breakdown.other:
         hints.append((breakdown.other, "fewer --modules-to-train"))
+    for kind, knob in _METHOD_KNOBS.items():
+        if getattr(breakdown, kind):
+            hints.append((getattr(breakdown, kind), knob))
     # Largest consumers first: those are the changes that can close the gap.
     suggestions = [text for size, text in sorted(hints, key=lambda h: -h[0])]
     advice = f"; to remove at least {over:,}, try " + ", ".join(suggestions) if suggestions else ""

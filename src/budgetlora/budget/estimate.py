@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from budgetlora.budget.counting import Breakdown, count_trainable
 from budgetlora.budget.rules import NeedsMeta, analyse, check_combination
-from budgetlora.config import ModelConfig, RunConfig, model_num_layers
+from budgetlora.config import ModelConfig, RunConfig, model_num_layers, resolved_method
 from budgetlora.core.hub import load_hf_config, quiet_transformers
 from budgetlora.errors import ConfigError
-from budgetlora.modeling import Inventory, Module, module_inventory
+from budgetlora.modeling import Inventory, Module, check_prompt_fits, module_inventory
 from budgetlora.modeling.inventory import LAYER_INDEX
 
 if TYPE_CHECKING:  # torch is imported lazily: `plan` must start fast
@@ -27,6 +27,8 @@ def estimate(run: RunConfig, hf_config: Any, num_labels: int) -> Breakdown:
     device and counted.
     """
     check_combination(run)
+    if resolved_method(run) == "prompt":  # refused here too, before any weights load
+        check_prompt_fits(hf_config, run)
     inv = module_inventory(hf_config, run.model.head, num_labels)
     if inv is not None:
         try:

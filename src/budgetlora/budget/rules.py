@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from budgetlora.budget.counting import Breakdown
-from budgetlora.config import LoraConfig, RunConfig, resolve_relative_layers
+from budgetlora.budget.methods import add_module_cost
+from budgetlora.config import LORA_FAMILY, LoraConfig, RunConfig, resolve_relative_layers, resolved_method
 from budgetlora.errors import ConfigError
 from budgetlora.modeling import Inventory
 from budgetlora.modeling.head_specs import native_head, native_targets
@@ -22,7 +23,7 @@ from budgetlora.modeling.head_specs import native_head, native_targets
 @dataclass
 class Adapted:
     name: str
-    r: int
+    r: int  # the module's rank (LoRA, LoKr, LoHa; AdaLoRA's initial rank); 0 where a method has none
     in_features: int
     out_features: int
 
@@ -30,7 +31,7 @@ class Adapted:
 @dataclass
 class Analysis:
     breakdown: Breakdown
-    adapted: list[Adapted]  # modules that get LoRA, in model order
+    adapted: list[Adapted]  # modules that get an adapter (LoRA or the run's method), in model order
     wrapped: list[str]  # modules peft replaces by a trainable copy (head + modules_to_train)
 
 
@@ -67,33 +68,64 @@ def check_combination(run: RunConfig) -> None:
 
 
 def analyse(run: RunConfig, inv: Inventory) -> Analysis:
-    """Which modules get LoRA, which are saved whole, and the resulting counts.
+    """Which modules get the run's adapter, which are saved whole, and the resulting counts.
 
     Raises ConfigError where peft would refuse the configuration, and `NeedsMeta` where the
     name-level replay is not certain to match peft (callers fall back to counting on meta).
     """
     check_combination(run)
     run = resolve_relative_layers(run, inv.num_layers)  # the mapping modeling.add_lora applies too
+    method = resolved_method(run)
     save = modules_to_save(run, inv.head_names, inv.model_type)
     guards, wrapped = _saved_whole(save, inv)
-    matches = _target_matcher(run, inv)
+    if method in ("bias", "prompt"):  # nothing is adapted: every bias, or virtual tokens
+        return Analysis(_whole_model_count(run, method, inv, wrapped), [], wrapped)
+    matches = _norm_matcher(inv) if method == "layernorm" else _target_matcher(run, inv)
     _check_rank_patterns(run.lora)
-    adapted, excluded_any = _adapted(run.lora, inv, matches, guards, set(wrapped))
-    # peft matches modules_to_save after inserting LoRA, so an entry can also hit LoRA's own
-    # submodules (`...query.lora_dropout` ends with "dropout"): not worth replaying.
+    adapted, excluded_any = _adapted(run, method, inv, matches, guards, set(wrapped))
+    # peft matches modules_to_save after inserting the adapter, so an entry can also hit the
+    # adapter's own submodules (`...query.lora_dropout` ends with "dropout"): not worth replaying.
     for a in adapted:
         for part in _LORA_INTERNALS:
             if any(f"{a.name}.{part}".endswith(m) for m in save):
                 raise NeedsMeta(f"modules_to_train also matches {a.name}.{part}")
+    if run.lora.modules_to_train and method not in LORA_FAMILY:
+        raise NeedsMeta(f"modules_to_train with {method}: its own submodules are not listed here")
     if not adapted:
         target, layers = run.lora.target_modules, run.lora.layers
-        shown = target if isinstance(target, str) else ",".join(target)
+        shown = "the normalisation layers" if method == "layernorm" else (
+            repr(target) if isinstance(target, str) else repr(",".join(target)))
         why = " (all matches are parts of the head or of modules_to_train)" if excluded_any else ""
         raise ConfigError(
-            f"target_modules/layers: no module of this {inv.model_type} model matches {shown!r}"
+            f"target_modules/layers: no module of this {inv.model_type} model matches {shown}"
             + (f" on layers {list(layers)}" if layers else "") + why
         )
-    return Analysis(_count(run.lora, inv, adapted, wrapped), adapted, wrapped)
+    return Analysis(_count(run, method, inv, adapted, wrapped), adapted, wrapped)
+
+
+def _norm_matcher(inv: Inventory) -> Callable[[str], bool]:
+    """LayerNorm tuning's targets: the encoder's normalisation layers (modeling.methods lists the
+    same ones on the built model)."""
+    if not inv.exact or any(m.kind == "other" for m in inv.modules):
+        raise NeedsMeta("module kinds not certain")
+    norms = {m.name for m in inv.modules if m.kind == "norm" and m.name.split(".")[0] not in inv.head_names}
+    return norms.__contains__
+
+
+def _whole_model_count(run: RunConfig, method: str, inv: Inventory, wrapped: list[str]) -> Breakdown:
+    """BitFit: every bias outside the head, which trains whole. Prompt tuning: the virtual tokens'
+    embeddings (num_virtual_tokens x the word embeddings' width) and the head."""
+    out = Breakdown()
+    _add_wrapped(out, inv, wrapped)
+    if method == "bias":
+        wrapped_set = set(wrapped)
+        out.bias += sum(m.bias for m in inv.modules if _wrapper_of(m.name, wrapped_set) is None)
+        return out
+    words = [m for m in inv.modules if m.kind == "embedding" and m.name.endswith("word_embeddings")]
+    if len(words) != 1 or not inv.exact:
+        raise NeedsMeta("word embeddings not identified")
+    out.prompt += run.adapter.num_virtual_tokens * words[0].out_features
+    return out
 
 
 def _saved_whole(save: list[str], inv: Inventory) -> tuple[list[re.Pattern], list[str]]:
@@ -180,12 +212,13 @@ def _rank_of(key: str, lora: LoraConfig) -> int:
     return lora.r
 
 
-def _adapted(lora: LoraConfig, inv: Inventory, matches: Callable[[str], bool], guards: list[re.Pattern],
+def _adapted(run: RunConfig, method: str, inv: Inventory, matches: Callable[[str], bool], guards: list[re.Pattern],
              wrapped: set[str]) -> tuple[list[Adapted], bool]:
-    """(the modules that get LoRA, in model order; whether a match was left out because it is
-    saved whole). Raises where peft refuses a match or the replay is not certain."""
+    """(the modules that get the adapter, in model order; whether a match was left out because it
+    is saved whole). Raises where peft refuses a match or the replay is not certain."""
     adapted: list[Adapted] = []
     excluded_any = False
+    wanted = "norm" if method == "layernorm" else "linear"
     for key in inv.keys:
         if any(g.match(key) for g in guards):
             excluded_any = excluded_any or bool(matches(key))
@@ -193,39 +226,48 @@ def _adapted(lora: LoraConfig, inv: Inventory, matches: Callable[[str], bool], g
         if not matches(key):
             continue
         mod = inv.by_name.get(key)
-        if mod is None or mod.kind in ("norm", "none"):
+        if method != "layernorm" and (mod is None or mod.kind in ("norm", "none")):
             what = {None: "a block of modules", "norm": "a normalisation layer"}.get(
                 mod.kind if mod else None, "a module without weights (dropout, activation)")
             raise ConfigError(
-                f"target_modules/layers: {key} is {what}, which LoRA cannot adapt; "
+                f"target_modules/layers: {key} is {what}, which {method} cannot adapt; "
                 "target Linear layers (e.g. query,value or all-linear)"
             )
-        if mod.kind != "linear":
-            raise NeedsMeta(f"LoRA on a {mod.kind} layer")
+        if mod is None or mod.kind != wanted:
+            shown = "LoRA" if method in LORA_FAMILY else method
+            raise NeedsMeta(f"{shown} on a {mod.kind if mod else 'block of'} layer")
         if _wrapper_of(key, wrapped) is not None:
             raise NeedsMeta(f"{key} is both adapted and saved whole")
-        adapted.append(Adapted(key, _rank_of(key, lora), mod.in_features, mod.out_features))
+        rank = (run.adapter.adalora_init_r if method == "adalora" else
+                _rank_of(key, run.lora) if method in LORA_FAMILY + ("lokr", "loha") else 0)
+        adapted.append(Adapted(key, rank, mod.in_features, mod.out_features))
     return adapted, excluded_any
 
 
-def _count(lora: LoraConfig, inv: Inventory, adapted: list[Adapted], wrapped: list[str]) -> Breakdown:
+def _count(run: RunConfig, method: str, inv: Inventory, adapted: list[Adapted], wrapped: list[str]) -> Breakdown:
     out = Breakdown()
+    lora = run.lora
     for a in adapted:
-        out.lora_A += a.r * a.in_features
-        out.lora_B += a.out_features * a.r
-        if lora.use_dora:
-            out.dora_magnitude += a.out_features
+        if method == "layernorm":
+            out.layernorm += inv.by_name[a.name].params
+        else:
+            add_module_cost(out, method, run, a.name, a.r, a.in_features, a.out_features)
         if lora.bias == "lora_only":
             out.bias += inv.by_name[a.name].bias
-    for k in wrapped:
-        size = sum(m.params for m in inv.modules if m.name == k or m.name.startswith(k + "."))
-        if k.split(".")[0] in inv.head_names:
-            out.head += size
-        else:
-            out.other += size
+    _add_wrapped(out, inv, wrapped)
     if lora.bias == "all":
         # peft marks every *.bias trainable, then modules_to_save freezes the originals it
         # wraps (their trainable copies are already counted whole above).
         wrapped_set = set(wrapped)
         out.bias += sum(m.bias for m in inv.modules if _wrapper_of(m.name, wrapped_set) is None)
     return out
+
+
+def _add_wrapped(out: Breakdown, inv: Inventory, wrapped: list[str]) -> None:
+    """The modules saved whole: the head's under `head`, modules_to_train under `other`."""
+    for k in wrapped:
+        size = sum(m.params for m in inv.modules if m.name == k or m.name.startswith(k + "."))
+        if k.split(".")[0] in inv.head_names:
+            out.head += size
+        else:
+            out.other += size

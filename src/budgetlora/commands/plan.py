@@ -20,58 +20,111 @@ import argparse
 import json
 import math
 import shlex
-from dataclasses import dataclass
-from typing import Any, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
 
 from budgetlora.budget import (
     Analysis, Breakdown, NeedsMeta, analyse, check_budget, count_on_meta, describe_model, estimate,
     inventory_from_model, load_config_only,
 )
-from budgetlora.config import DEFAULT_BUDGET, HEADS, LoraConfig, ModelConfig, RunConfig, to_flags
+from budgetlora.config import (
+    DEFAULT_BUDGET, HEADS, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, resolved_method, to_flags,
+)
+from budgetlora.errors import BudgetError, ConfigError, closest_match
 from budgetlora.modeling.head_specs import NATIVE_HEADS
-from budgetlora.errors import BudgetError, ConfigError
 from budgetlora.flags import add_train_arguments, config_overrides
-from budgetlora.modeling import Inventory, module_inventory
+from budgetlora.modeling import Inventory, module_inventory, prompt_room
 
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
-ROLES = ("all", "attn", "qkv", "qv")
+ROLES = ("all", "attn", "qkv", "qv", "kv+ffn")
+# The methods `plan` enumerates, in the order that breaks ties (plain LoRA first). rsLoRA is not
+# listed: it counts exactly as LoRA (only the scale differs), so its rows would repeat LoRA's.
+PLAN_METHODS = ("lora", "dora", "adalora", "vera", "fourierft", "lokr", "loha", "ia3", "bias", "layernorm", "prompt")
+# The setting each method's plan fills up to the budget, its cap and how the table shows it.
+# Caps: LoRA-style ranks as MAX_RANK; VeRA's r=1024 and FourierFT's n=1000-2000 are the papers'
+# roberta-base settings; each virtual token makes every text a token longer.
+SIZES = {
+    "lora": ("r", MAX_RANK, "r"), "dora": ("r", MAX_RANK, "r"), "lokr": ("r", MAX_RANK, "r"),
+    "loha": ("r", MAX_RANK, "r"), "adalora": ("adalora_init_r", MAX_RANK, "r"), "vera": ("vera_r", 1024, "r"),
+    "fourierft": ("fourierft_n_frequency", 4096, "n"), "prompt": ("num_virtual_tokens", 64, "tokens"),
+}
+_WHOLE_MODEL = {"bias": "every bias", "layernorm": "every LayerNorm", "prompt": "virtual tokens"}
 
 
 @dataclass
 class Candidate:
     head: str
     role: str
-    target_modules: Union[list[str], str]
+    target_modules: Union[list[str], str, None]  # None: the method picks what trains (bias, layernorm, prompt)
     layers: Optional[list[int]]  # None: every layer
-    r: int
-    use_dora: bool
+    method: str
+    size: int  # the value of the method's SIZES setting; 0 for methods without one (ia3, bias, layernorm)
     breakdown: Breakdown
-    adapted: int  # modules that get LoRA
+    adapted: int  # modules that get an adapter
     coverage: float
     score: float
+    feedforward: list[str] = field(default_factory=list)  # IA3's feed-forward targets
 
     @property
     def trainable_params(self) -> int:
         return self.breakdown.total
 
     @property
+    def use_dora(self) -> bool:
+        return self.method == "dora"
+
+    @property
+    def r(self) -> Optional[int]:
+        """The rank of a rank-r method (LoRA, DoRA, LoKr, LoHa, AdaLoRA's initial rank)."""
+        return self.size if SIZES.get(self.method, ("",))[0] in ("r", "adalora_init_r") else None
+
+    @property
     def lora_alpha(self) -> int:
         # alpha = 2r keeps the LoRA scale alpha/r at 2 for every rank (r=8, alpha=16 convention)
-        return 2 * self.r
+        return 2 * self.size
 
     @property
     def targets_text(self) -> str:
+        if self.target_modules is None:
+            return _WHOLE_MODEL[self.method]
         return self.target_modules if isinstance(self.target_modules, str) else ",".join(self.target_modules)
+
+    @property
+    def size_text(self) -> str:
+        return f"{SIZES[self.method][2]}={self.size}" if self.method in SIZES else "-"
+
+    def settings(self) -> dict[str, Any]:
+        """The run settings of this configuration, in the order `train` flags show them."""
+        out: dict[str, Any] = {} if self.method == "lora" else {"method": self.method}
+        out["head"] = self.head
+        if self.target_modules is not None:
+            out["target_modules"] = self.target_modules
+        if self.layers is not None:
+            out["layers"] = self.layers
+        if self.method in ("lora", "dora", "lokr", "loha"):
+            out.update(r=self.size, lora_alpha=self.lora_alpha)
+        elif self.method == "adalora":  # peft's default end point: two thirds of the initial rank
+            out.update(adalora_init_r=self.size, adalora_target_r=max(1, round(2 * self.size / 3)),
+                       lora_alpha=self.lora_alpha)
+        elif self.method in SIZES:
+            out[SIZES[self.method][0]] = self.size
+        if self.feedforward:
+            out["ia3_feedforward_modules"] = self.feedforward
+        return out
+
+    def run_config(self) -> RunConfig:
+        """These settings as a RunConfig, built directly: `from_dict` types every value from the
+        dataclass annotations, which cost most of a plan's time when done per count."""
+        run = RunConfig(model=ModelConfig(head=self.head))
+        for name, value in self.settings().items():
+            section = _SECTION_OF[name]
+            setattr(getattr(run, section) if section else run, name, value)
+        return run
 
     def train_args(self, model: str, budget: int) -> list[str]:
         """The `budgetlora train` flags that reproduce this configuration."""
-        settings: dict[str, Any] = {"model": model, "head": self.head, "target_modules": self.target_modules}
-        if self.layers is not None:
-            settings["layers"] = self.layers
-        settings.update(r=self.r, lora_alpha=self.lora_alpha)
-        if self.use_dora:
-            settings["use_dora"] = True
+        settings: dict[str, Any] = {"model": model, **self.settings()}
         if budget != DEFAULT_BUDGET:
             settings["budget"] = budget
         return to_flags(settings)
@@ -80,12 +133,14 @@ class Candidate:
         return {
             "trainable_params": self.trainable_params,
             "share_of_budget": round(self.trainable_params / budget, 6),
+            "method": self.method,
             "head": self.head,
             "target_modules": self.target_modules,
             "layers": self.layers,
             "r": self.r,
-            "lora_alpha": self.lora_alpha,
+            "lora_alpha": self.lora_alpha if self.r is not None else None,
             "use_dora": self.use_dora,
+            "size": {SIZES[self.method][0]: self.size} if self.method in SIZES else {},
             "bias": "none",
             "adapted_modules": self.adapted,
             "coverage": round(self.coverage, 6),
@@ -95,7 +150,7 @@ class Candidate:
         }
 
 
-def score(coverage: float, r: int) -> float:
+def score(coverage: float, r: float) -> float:
     return coverage * r / (r + RANK_HALF_CREDIT)
 
 
@@ -110,7 +165,10 @@ def target_modules_for(inv: Inventory, role: str, layers: Optional[list[int]]) -
     """The shortest peft suffixes that select exactly this role's modules in the chosen blocks."""
     if role == "all" and layers is None:
         return "all-linear"
-    names = inv.roles[role]
+    return _suffixes(inv, inv.roles[role], layers)
+
+
+def _suffixes(inv: Inventory, names: list[str], layers: Optional[list[int]]) -> list[str]:
     others = [n for n in inv.block_relative(0) if n not in names]
     if layers is None:  # no layer filter: a suffix must not match anything outside the blocks
         block = f"{inv.block_prefix}."
@@ -159,10 +217,45 @@ def _meta_inventory(hf_config: Any, head: str, num_labels: int) -> Inventory:
     return inventory_from_model(model, head, getattr(hf_config, "model_type", "?"))
 
 
-def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4) -> tuple[list[Candidate], int]:
+_SECTION_OF = {name: section for name, (section, _) in field_index().items()}
+Placement = tuple[str, Union[list[str], str, None], Optional[list[int]], list[str]]  # role, targets, layers, IA3 ff
+
+
+def placements(method: str, inv: Inventory) -> list[Placement]:
+    """Where each method goes: LoRA and DoRA on every role x layer subset; the other module
+    adapters on every role of all layers (AdaLoRA spreads its ranks over the layers itself);
+    IA3 on keys, values and the feed-forward output as in its paper, or every linear layer;
+    bias, layernorm and prompt tuning once (they choose what trains)."""
+    if method in _WHOLE_MODEL:
+        return [("-", None, None, [])]
+    roles = [r for r in ROLES if r in inv.roles]
+    if method in ("lora", "dora"):
+        return [(r, target_modules_for(inv, r, ls), ls, []) for r in roles for ls in layer_subsets(inv.num_layers)]
+    if method != "ia3":
+        return [(r, target_modules_for(inv, r, None), None, []) for r in roles]
+    down = [n for n in inv.linear_in_block() if _block_module(inv, n).in_features > _block_module(inv, n).out_features]
+    key_value = [n for n in inv.roles.get("qkv", []) if n not in inv.roles.get("qv", [])[:1]]
+    if len(down) != 1 or len(key_value) != 2:
+        return [("all", "all-linear", None, [])]
+    ff = _suffixes(inv, down, None)
+    return [("kv+ffn", _suffixes(inv, key_value + down, None), None, ff), ("all", "all-linear", None, ff)]
+
+
+def _block_module(inv: Inventory, name: str):
+    return inv.by_name[f"{inv.block_prefix}.0.{name}"]
+
+
+def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4,
+         methods: Optional[Sequence[str]] = None) -> tuple[list[Candidate], int]:
     """(candidates strictly under the budget, best first; number of placements tried)."""
     if budget < 1:
         raise ConfigError(f"budget: must be a positive number of parameters, got {budget}")
+    methods = list(PLAN_METHODS if methods is None else methods)
+    for m in methods:
+        if m not in PLAN_METHODS:
+            close = closest_match(m, set(PLAN_METHODS))
+            raise ConfigError(f"method: plan knows {', '.join(PLAN_METHODS)}, not {m!r}"
+                              + (f"; did you mean {close!r}?" if close else ""))
     invs = _inventories(hf_config, num_labels)
     if not invs:
         raise ConfigError(
@@ -176,45 +269,104 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4) -> t
             n_all = len(analyse(_run_config(head, "all-linear", None, 1, False), inv).adapted)
         except NeedsMeta:  # unknown layer types: count the plain linear layers outside the head
             n_all = sum(1 for m in inv.modules if m.kind == "linear" and m.name.split(".")[0] not in inv.head_names)
-        for role in ROLES:
-            if role not in inv.roles:
-                continue
-            for layers in layer_subsets(inv.num_layers):
-                targets = target_modules_for(inv, role, layers)
-                for dora in (False, True):
-                    tried += 1
-                    try:
-                        one = analyse(_run_config(head, targets, layers, 1, dora), inv)
-                    except (NeedsMeta, ConfigError):
-                        continue
-                    # With one rank everywhere the count is linear in r: fixed + r * slope.
-                    slope = sum(a.in_features + a.out_features for a in one.adapted)
-                    fixed = one.breakdown.total - slope
-                    r = min(MAX_RANK, (budget - 1 - fixed) // slope)
-                    if r < 1:
-                        continue
-                    final = analyse(_run_config(head, targets, layers, r, dora), inv)
-                    if not inv.exact:
-                        final = _recount(final, head, targets, layers, r, dora, hf_config, num_labels)
-                    if final.breakdown.total >= budget:
-                        continue
-                    key = (head, tuple(a.name for a in final.adapted), r, dora)
-                    if key in found:
-                        continue
-                    coverage = len(final.adapted) / n_all
-                    found[key] = Candidate(head, role, targets, layers, r, dora, final.breakdown,
-                                           len(final.adapted), coverage, score(coverage, r))
+        for method in methods:
+            for place in placements(method, inv):
+                tried += 1
+                made = _fill(method, head, place, inv, budget, n_all, hf_config, num_labels)
+                if made is not None and made[0] not in found:
+                    found[made[0]] = made[1]
     ranked = sorted(
         found.values(),
-        # Ties: plain LoRA before DoRA (same rank, cheaper steps on a CPU), then the fuller budget.
-        key=lambda c: (-round(c.score, 9), c.use_dora, -c.trainable_params, c.head, ROLES.index(c.role)),
+        # Ties: plain LoRA before DoRA (same rank, cheaper steps on a CPU) and the other methods,
+        # then the fuller budget.
+        key=lambda c: (-round(c.score, 9), PLAN_METHODS.index(c.method), -c.trainable_params, c.head,
+                       ROLES.index(c.role) if c.role in ROLES else len(ROLES)),
     )
     return ranked, tried
 
 
-def _recount(found: Analysis, head, targets, layers, r, dora, hf_config, num_labels) -> Analysis:
-    measured = count_on_meta(_run_config(head, targets, layers, r, dora), hf_config, num_labels)
-    return Analysis(measured, found.adapted, found.wrapped)
+def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int, n_all: int, hf_config: Any,
+          num_labels: int) -> Optional[tuple[tuple, Candidate]]:
+    """The placement at the largest size (rank, vector length, tokens) strictly under the budget,
+    keyed for de-duplication; None when even the smallest does not fit or peft would refuse it."""
+    role, targets, layers, ff = place
+    shell = Candidate(head, role, targets, layers, method, 1, Breakdown(), 0, 0.0, 0.0, ff)
+
+    def count(size: int) -> Analysis:
+        shell.size = size
+        return analyse(shell.run_config(), inv)
+
+    try:
+        one = count(1)
+        size = _largest_size(method, one, shell, budget, hf_config) if method in SIZES else 0
+        if method in SIZES and size < 1:
+            return None
+        final = count(size) if method in SIZES else one
+    except (NeedsMeta, ConfigError):
+        return None
+    shell.size = size
+    if not inv.exact:
+        final = Analysis(count_on_meta(shell.run_config(), hf_config, num_labels), final.adapted,
+                         final.wrapped)
+    if final.breakdown.total >= budget:
+        return None
+    coverage = len(final.adapted) / n_all
+    shell.breakdown, shell.adapted, shell.coverage = final.breakdown, len(final.adapted), coverage
+    # Rank-r methods are scored at their rank (DoRA's magnitudes and AdaLoRA's singular values
+    # are not capacity of their own), the others at the LoRA rank their parameters would buy.
+    shell.score = score(coverage, size if method in ("lora", "dora", "adalora") else _lora_equivalent_rank(final))
+    return (head, method, tuple(a.name for a in final.adapted), size, tuple(ff)), shell
+
+
+def _largest_size(method: str, one: Analysis, shell: Candidate, budget: int, hf_config: Any) -> int:
+    """The largest size up to the method's cap that keeps the count under the budget. Every
+    count but LoKr's is linear in its size (fixed + size x slope), so it is solved exactly;
+    LoKr's factors change shape with r, so its sizes are tried from the cap down."""
+    cap = SIZES[method][1]
+    if method == "prompt":  # the virtual tokens and the texts must fit the position embeddings
+        room = prompt_room(hf_config, DataConfig().max_length)
+        cap = cap if room is None else min(cap, room)
+    if method == "fourierft":  # at most in x out coefficients per module (peft refuses more)
+        cap = min([cap] + [a.in_features * a.out_features for a in one.adapted])
+    if method == "lokr":
+        from budgetlora.budget.methods import lokr_params
+
+        a_ = one.adapted
+        fixed = one.breakdown.total - sum(lokr_params(a.in_features, a.out_features, 1) for a in a_)
+        for r in range(cap, 0, -1):
+            if fixed + sum(lokr_params(a.in_features, a.out_features, r) for a in a_) < budget:
+                return r
+        return 0
+    slope = _slope(method, one, shell)
+    fixed = one.breakdown.total - slope
+    return min(cap, (budget - 1 - fixed) // slope) if slope > 0 else 0
+
+
+def _slope(method: str, one: Analysis, shell: Candidate) -> int:
+    """What one more unit of size adds to the count: per adapted module for the module methods
+    (priced by budget.methods, as analyse does), the word embeddings' width per virtual token."""
+    if method == "prompt":
+        return one.breakdown.prompt  # counted at one token
+    from budgetlora.budget.methods import add_module_cost
+
+    totals = []
+    for size in (1, 2):
+        shell.size = size
+        run, b = shell.run_config(), Breakdown()
+        for a in one.adapted:
+            add_module_cost(b, method, run, a.name, size, a.in_features, a.out_features)
+        totals.append(b.total)
+    shell.size = 1
+    return totals[1] - totals[0]
+
+
+def _lora_equivalent_rank(found: Analysis) -> float:
+    """The LoRA rank that the same adapter parameters would buy on the same modules: how the
+    score compares methods that spend parameters differently (0 where nothing is adapted)."""
+    b = found.breakdown
+    adapter = b.total - b.head - b.bias - b.other
+    per_rank = sum(a.in_features + a.out_features for a in found.adapted)
+    return adapter / per_rank if per_rank else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,15 +381,17 @@ def plan_command(
     top: int = 20,
     as_json: bool = False,
     explain: Optional[str] = None,
+    methods: Optional[str] = None,
 ) -> str:
-    """Text (or JSON) for `budgetlora plan`."""
+    """Text (or JSON) for `budgetlora plan`; `methods`: a comma-separated subset of PLAN_METHODS."""
     if labels < 1:
         raise ConfigError(f"labels: need at least one class, got {labels}")
     hf_config = load_config_only(model, labels)
     if explain is not None:
         return explain_flags(model, hf_config, explain, budget, labels)
     budget = DEFAULT_BUDGET if budget is None else budget
-    candidates, tried = plan(hf_config, budget, labels)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    candidates, tried = plan(hf_config, budget, labels, chosen)
     if as_json:
         return json.dumps([c.as_json(model, budget) for c in candidates], indent=2)
     return format_table(model, hf_config, candidates, tried, budget, labels, top)
@@ -263,12 +417,12 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         return (f"{head_line}\nno configuration has fewer than {budget:,} trainable parameters; "
                 f"try --head linear with a larger --budget, or --explain to see one configuration's count")
     shown = candidates if top <= 0 else candidates[:top]
-    rows = [("#", "trainable", "budget", "head", "targets", "layers", "r", "DoRA", "score")]
+    rows = [("#", "trainable", "budget", "method", "head", "targets", "layers", "size", "score")]
     for i, c in enumerate(shown, 1):
-        rows.append((str(i), f"{c.trainable_params:,}", _share(c.trainable_params, budget), c.head,
-                     c.targets_text, _layers_text(c.layers), str(c.r), "yes" if c.use_dora else "-", f"{c.score:.3f}"))
+        rows.append((str(i), f"{c.trainable_params:,}", _share(c.trainable_params, budget), c.method, c.head,
+                     c.targets_text, _layers_text(c.layers), c.size_text, f"{c.score:.3f}"))
     widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
-    right = {0, 1, 2, 6, 8}
+    right = {0, 1, 2, 8}
 
     def line(row: tuple[str, ...]) -> str:
         cells = [cell.rjust(w) if j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))]
@@ -277,7 +431,8 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
     out = [
         head_line,
         f"budget: fewer than {budget:,} trainable parameters; {len(candidates)} of {tried} placements fit "
-        f"(each at the largest r <= {MAX_RANK} that fits); "
+        f"(each at the largest size that fits: r <= {MAX_RANK}, VeRA r <= {SIZES['vera'][1]}, FourierFT "
+        f"n <= {SIZES['fourierft'][1]}, tokens <= {SIZES['prompt'][1]}); "
         + (f"top {len(shown)} by score:" if len(shown) < len(candidates) else "all, by score:"),
         "",
         line(rows[0]),
@@ -289,7 +444,9 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
     out += [
         "",
         f"score = coverage x r/(r+{RANK_HALF_CREDIT}); coverage = share of the encoder's linear layers "
-        "adapted (all-linear = 1); see docs/BUDGET.md",
+        "adapted (all-linear = 1); for methods other than LoRA/DoRA, r is the LoRA rank their adapter "
+        "parameters would buy on the same modules (a prior, not a measurement: docs/METHODS.md); "
+        "rslora counts as lora; see docs/BUDGET.md",
     ]
     return "\n".join(out)
 
@@ -328,9 +485,12 @@ def explain_flags(model: str, hf_config: Any, flags: str, budget: Optional[int],
         lines.append(f"note: counted on {model} (--model), not on {given_model} from the flags")
     lora = run.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ",".join(lora.target_modules)
+    method = resolved_method(run)
+    if method in _WHOLE_MODEL:
+        targets = f"- ({_WHOLE_MODEL[method]})"
     lines.append(
-        f"configuration: head {run.model.head}, target_modules {targets}, layers {_layers_text(lora.layers or None)}, "
-        f"r {lora.r}, alpha {lora.lora_alpha:g}, bias {lora.bias}, DoRA {'on' if lora.use_dora else 'off'}"
+        f"configuration: method {method}{_method_options(run, method)}, head {run.model.head}, target_modules "
+        f"{targets}, layers {_layers_text(lora.layers or None)}, bias {lora.bias}"
         + (f", rank_pattern {lora.rank_pattern}" if lora.rank_pattern else "")
         + (f", modules_to_train {','.join(lora.modules_to_train)}" if lora.modules_to_train else "")
     )
@@ -342,9 +502,10 @@ def explain_flags(model: str, hf_config: Any, flags: str, budget: Optional[int],
         except NeedsMeta:
             detail = None
     breakdown = detail.breakdown if detail is not None else estimate(run, hf_config, labels)
-    if detail is not None:
-        lines.append(f"LoRA on {len(detail.adapted)} modules:")
+    if detail is not None and detail.adapted:
+        lines.append(f"{'LoRA' if method in ('lora', 'rslora', 'dora') else method} on {len(detail.adapted)} modules:")
         lines += _adapted_lines(inv, detail)
+    if detail is not None:
         if detail.wrapped:
             lines.append("trained whole (peft modules_to_save): " + _wrapped_text(inv, detail.wrapped))
     else:
@@ -364,6 +525,20 @@ def explain_flags(model: str, hf_config: Any, flags: str, budget: Optional[int],
     return "\n".join(lines)
 
 
+def _method_options(run: RunConfig, method: str) -> str:
+    """The options that size the method, for the configuration line."""
+    lora, a = run.lora, run.adapter
+    sized = {
+        "lora": f"r {lora.r}, alpha {lora.lora_alpha:g}", "dora": f"r {lora.r}, alpha {lora.lora_alpha:g}",
+        "rslora": f"r {lora.r}, alpha {lora.lora_alpha:g}", "lokr": f"r {lora.r}, alpha {lora.lora_alpha:g}, "
+        f"decompose_factor {a.lokr_decompose_factor}", "loha": f"r {lora.r}, alpha {lora.lora_alpha:g}",
+        "adalora": f"init_r {a.adalora_init_r}, target_r {a.adalora_target_r}", "vera": f"r {a.vera_r}",
+        "fourierft": f"n_frequency {a.fourierft_n_frequency}", "prompt": f"{a.num_virtual_tokens} virtual tokens",
+        "ia3": "feedforward " + (",".join(a.ia3_feedforward_modules) or "none"),
+    }
+    return f" ({sized[method]})" if method in sized else ""
+
+
 def _in_block(inv: Inventory, name: str) -> tuple[str, Optional[int]]:
     """('attention.self.query', 3) for a module of block 3; (name, None) outside the blocks."""
     layer = inv.layer_of.get(name)
@@ -381,7 +556,7 @@ def _adapted_lines(inv: Inventory, detail: Analysis) -> list[str]:
         groups.setdefault((name, a.in_features, a.out_features, a.r), []).append(layer)
     rows = []
     for (name, i, o, r), layers in groups.items():
-        rows.append(f"  {_grouped(name, layers)}  {i}->{o}  r={r}")
+        rows.append(f"  {_grouped(name, layers)}  {i}->{o}" + (f"  r={r}" if r else ""))
     return rows
 
 

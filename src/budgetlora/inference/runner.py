@@ -116,7 +116,7 @@ class LoadedRun:
         from budgetlora.config import TrainConfig, load_config
         from budgetlora.data import Collator
         from budgetlora.inference.exported import EXPORT_CONFIG, load_exported, read_export_meta
-        from budgetlora.modeling import load_trained, pack_linear_layers
+        from budgetlora.modeling import is_quantized, load_trained, pack_linear_layers
 
         self.run_dir = Path(run_dir)
         exported = read_export_meta(self.run_dir)
@@ -147,6 +147,12 @@ class LoadedRun:
                 raise ConfigError("--quantize: an onnx export is quantized when it is written "
                                   "(budgetlora export --format onnx --quantize int8)")
             self.precision = "fp32"  # ONNX Runtime computes in the graph's own types
+        elif is_quantized(self.model):  # a --quantize-base run: served on its bitsandbytes base, as trained
+            if quantize:
+                from budgetlora.errors import UserError
+
+                raise UserError(f"{self.run_dir}: trained on a {self.meta.get('quantize_base')} base, which is "
+                                "served quantized already; drop --quantize")
         elif quantize:
             self.model = quantize_int8(self.model)
             self.precision = "fp32"  # int8 kernels take fp32 activations
@@ -154,7 +160,8 @@ class LoadedRun:
             # The merged model is frozen: hold it in the low precision once instead of letting
             # autocast re-cast every weight on every batch (half the memory, no per-batch casts).
             self.model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)
-        self.model.to(self.device)
+        if not is_quantized(self.model):  # bitsandbytes placed it on its device when loading
+            self.model.to(self.device)
         if self.cfg is None or self.cfg.model.packed_cpu_linear:
             pack_linear_layers(self.model)  # a no-op unless the model is now bf16 on a CPU
         self.label_names: list[str] = list(self.meta["label_names"])

@@ -14,25 +14,34 @@ if TYPE_CHECKING:
     from budgetlora.modeling.architectures import FAMILIES, Family, family_of, module_inventory
     from budgetlora.modeling.build import (
         EncoderClassifier, add_lora, build_classifier, build_classifier_from_config, build_model, build_on_meta,
-        check_tokenizer_matches, head_module_names, peft_lora_config, set_encoder_dropout,
+        check_tokenizer_matches, head_module_names, is_quantized, quantization_kwargs, set_encoder_dropout,
     )
     from budgetlora.modeling.fast_paths import (
         FIRST_QUERY_ATTENTION, PackedLinear, first_query_layers, first_token_last_layer, first_token_only_params,
         pack_linear_layers, packed_linear_available, resolve_attn_implementation,
     )
     from budgetlora.modeling.inventory import Inventory, Module
-    from budgetlora.modeling.run_model import BUDGETLORA_META, load_trained, read_adapter_meta, save_adapter
+    from budgetlora.modeling.methods import (
+        METHOD_INFO, MethodInfo, TrainingHooks, attach_method, can_merge, check_prompt_fits, describe_adapter,
+        peft_lora_config, peft_method_config, prompt_room, refuse_merge, training_hooks,
+    )
+    from budgetlora.modeling.run_model import (
+        BUDGETLORA_META, TRAINED_PARAMETERS, load_trained, read_adapter_meta, save_adapter,
+    )
 
 _HOME = {
     "architectures": ["FAMILIES", "Family", "family_of", "module_inventory"],
     "build": ["EncoderClassifier", "add_lora", "build_classifier", "build_classifier_from_config", "build_model",
-              "build_on_meta", "check_tokenizer_matches", "head_module_names", "peft_lora_config",
-              "set_encoder_dropout"],
+              "build_on_meta", "check_tokenizer_matches", "head_module_names", "is_quantized",
+              "quantization_kwargs", "set_encoder_dropout"],
     "fast_paths": ["FIRST_QUERY_ATTENTION", "PackedLinear", "first_query_layers", "first_token_last_layer",
                    "first_token_only_params", "pack_linear_layers", "packed_linear_available",
                    "resolve_attn_implementation"],
     "inventory": ["Inventory", "Module"],
-    "run_model": ["BUDGETLORA_META", "load_trained", "read_adapter_meta", "save_adapter"],
+    "methods": ["METHOD_INFO", "MethodInfo", "TrainingHooks", "attach_method", "can_merge", "check_prompt_fits",
+                "describe_adapter", "peft_lora_config", "peft_method_config", "prompt_room", "refuse_merge",
+                "training_hooks"],
+    "run_model": ["BUDGETLORA_META", "TRAINED_PARAMETERS", "load_trained", "read_adapter_meta", "save_adapter"],
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 __all__ = sorted(_MODULE_OF)

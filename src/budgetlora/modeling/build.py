@@ -25,12 +25,13 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from budgetlora.config import LoraConfig, ModelConfig, RunConfig, model_num_layers, resolve_relative_layers
+from budgetlora.config import ModelConfig, RunConfig, model_num_layers, resolve_relative_layers
 from budgetlora.core.hub import load_hf_config, quiet_transformers, wrap_load_error
 from budgetlora.errors import ConfigError, ModelLoadError
 from budgetlora.modeling.fast_paths import first_token_last_layer, resolve_attn_implementation
 from budgetlora.modeling.head_specs import native_head, native_targets
 from budgetlora.modeling.native_head import init_native_head
+from budgetlora.modeling.methods import attach_method
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,20 @@ class EncoderClassifier(nn.Module):
         nn.init.normal_(self.classifier.weight, std=getattr(encoder.config, "initializer_range", 0.02))
         nn.init.zeros_(self.classifier.bias)
 
+    @property
+    def device(self) -> torch.device:  # peft's prompt learning asks the wrapped model for it
+        return self.classifier.weight.device
+
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,  # prompt tuning passes embeddings instead of ids
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        kwargs.pop("inputs_embeds", None)
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              inputs_embeds=inputs_embeds).last_hidden_state
         if self.pooling == "mean" and attention_mask is not None:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -138,6 +144,7 @@ def build_classifier(
         use_safetensors=None if cfg.allow_pickle_weights else True,
         dtype=torch.float32,
         **_load_kwargs(cfg),
+        **quantization_kwargs(cfg.quantize_base),
     )
     quiet_transformers()
     try:
@@ -148,6 +155,38 @@ def build_classifier(
         raise
     except Exception as e:
         raise wrap_load_error("model weights", cfg.model, e) from None
+
+
+# Head modules of every family (and bert's pooler, which feeds its head): kept in full precision
+# by a quantized load, as they train or are freshly initialised.
+_NOT_QUANTIZED = ["classifier", "pre_classifier", "pooler", "score"]
+
+
+def quantization_kwargs(bits: Optional[str]) -> dict[str, Any]:
+    """from_pretrained arguments that quantize the frozen encoder with bitsandbytes (QLoRA): NF4
+    with double quantization and bf16 compute (fp16 on a GPU without bf16), or LLM.int8()."""
+    if bits is None:
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"quantize_base {bits}: needs bitsandbytes (pip install bitsandbytes), "
+                             "or drop --quantize-base to train on the full-precision base") from None
+    from transformers import BitsAndBytesConfig
+
+    gpu = torch.cuda.is_available()
+    compute = torch.bfloat16 if not gpu or torch.cuda.is_bf16_supported() else torch.float16
+    config = BitsAndBytesConfig(
+        load_in_4bit=bits == "4bit", load_in_8bit=bits == "8bit", bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(_NOT_QUANTIZED),
+    )
+    # bitsandbytes quantizes while loading onto the device the model will train on
+    return {"quantization_config": config, "device_map": {"": torch.cuda.current_device() if gpu else "cpu"}}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether bitsandbytes holds some of the model's weights (a --quantize-base run)."""
+    return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
 
 
 def build_classifier_from_config(cfg: ModelConfig, hf_config) -> nn.Module:
@@ -201,42 +240,19 @@ def head_module_names(model: nn.Module) -> list[str]:
     ]
 
 
-def peft_lora_config(lora: LoraConfig, head_modules: list[str], head: str):
-    """Translate our LoraConfig into peft's. The head goes in `modules_to_save`."""
-    import peft
-
-    target = lora.target_modules
-    if isinstance(target, list):
-        target = list(target)
-    return peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=target,
-        layers_to_transform=list(lora.layers) if lora.layers else None,
-        bias=lora.bias,
-        use_rslora=lora.use_rslora,
-        use_dora=lora.use_dora,
-        init_lora_weights=lora.peft_init,
-        rank_pattern=dict(lora.rank_pattern),
-        alpha_pattern=dict(lora.alpha_pattern),
-        modules_to_save=list(head_modules) + list(lora.modules_to_train),
-        # SEQ_CLS gives users the standard PeftModelForSequenceClassification for the default head.
-        task_type=peft.TaskType.SEQ_CLS if head == "default" else None,
-    )
-
-
 def add_lora(model: nn.Module, run: RunConfig):
-    import peft
-
+    """The run's parameter-efficient method (`--method`: LoRA or another, modeling.methods) on a
+    built classifier, the head trained whole."""
     run = resolve_relative_layers(run, model_num_layers(model.config))  # --layers-relative-to
     heads, lora = head_module_names(model), run.lora
     if run.model.head == "native":  # the output layer trains whole, the hidden dense gets LoRA
         spec = native_head(getattr(model.config, "model_type", None))
         heads, lora = [spec.output], dataclasses.replace(lora, target_modules=native_targets(lora.target_modules, spec))
     try:
-        pcfg = peft_lora_config(lora, heads, run.model.head)
-        return peft.get_peft_model(model, pcfg)
+        if lora is not run.lora:
+            run = copy.deepcopy(run)
+            run.lora = lora
+        return attach_method(model, run, heads)
     except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
         raise ConfigError(f"target_modules/layers: {str(e).splitlines()[0]}") from None

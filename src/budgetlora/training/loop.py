@@ -18,7 +18,7 @@ from budgetlora.core.distributed import Processes
 from budgetlora.core.signals import stop_signals_handled
 from budgetlora.errors import TrainingDiverged, TrainingInterrupted, UserError
 from budgetlora.inference.runner import accuracy_and_loss, predict_logits
-from budgetlora.modeling import save_adapter
+from budgetlora.modeling import TrainingHooks, save_adapter
 from budgetlora.training import checkpoint as ckpt
 from budgetlora.training import distill
 from budgetlora.training.faults import apply_loss_fault
@@ -63,6 +63,7 @@ class Run:
     log: JsonlLog
     procs: Processes = field(default_factory=Processes)
     trackers: RunTrackers = field(default_factory=lambda: RunTrackers([], Path(".")))
+    hooks: TrainingHooks = field(default_factory=TrainingHooks)  # the method's per-step work (AdaLoRA)
     stop: StopRequest = field(default_factory=StopRequest)
     tick: float = 0.0  # when the current optimizer step's time started counting
     last_eval_accuracy: float = float("nan")
@@ -141,12 +142,16 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> None:
             # of the batch's rows makes that average the whole batch's mean, as in one process,
             # also when the pieces differ in size.
             loss = loss * (labels.numel() * run.procs.world_size / rows)
+        if run.hooks.extra_loss is not None:  # a method's regulariser; not part of the logged loss
+            loss = loss + run.hooks.extra_loss()
         e.accelerator.backward(loss)
         if e.accelerator.sync_gradients and t.max_grad_norm > 0:
             e.accelerator.clip_grad_norm_(e.model.parameters(), t.max_grad_norm)
         e.optimizer.step()  # a no-op on accumulation micro-batches (Accelerate)
         if e.accelerator.sync_gradients:
             e.scheduler.step()
+            if run.hooks.after_optimizer_step is not None:  # reads the gradients, so before they are cleared
+                run.hooks.after_optimizer_step(state.step + 1)
         e.optimizer.zero_grad(set_to_none=True)
     state.samples_seen += rows
     state.tokens_seen += tokens

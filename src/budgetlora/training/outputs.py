@@ -138,17 +138,28 @@ def write_outputs(out: Path, cfg: RunConfig, metrics: RunMetrics) -> None:
     write_model_card(out, cfg, metrics)
 
 
+def _direct_loading(cfg: RunConfig, out: Path) -> str:
+    from budgetlora.config import resolved_method
+    from budgetlora.modeling import TRAINED_PARAMETERS
+
+    if resolved_method(cfg) == "bias":  # BitFit: no peft adapter, the trained tensors by name
+        return (f"or on the base model built by `budgetlora.modeling.build_classifier`, load the trained tensors of "
+                f"`{out}/adapter/{TRAINED_PARAMETERS}` with `safetensors.torch.load_file` and "
+                "`base.load_state_dict(tensors, strict=False)`.")
+    return ("or with peft directly on the base model built by `budgetlora.modeling.build_classifier`:\n"
+            f'`peft.PeftModel.from_pretrained(base, "{out}/adapter")`.')
+
+
 def write_model_card(out: Path, cfg: RunConfig, metrics: RunMetrics) -> None:
-    lora = cfg.lora
+    from budgetlora.modeling import describe_adapter
+
     data = cfg.data.train_file or f"{cfg.data.dataset} (Hugging Face Hub)"
     breakdown = metrics.budget_breakdown
     rows = "\n".join(f"| {k} | {v:,} |" for k, v in breakdown.items() if k != "total" and v)
-    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     text = f"""# budgetlora run
 
 - **Base model**: `{cfg.model.model}` with the `{cfg.model.head}` head
-- **Adapter**: LoRA r={lora.r}, alpha={lora.lora_alpha:g}, dropout={lora.lora_dropout:g}, targets: {targets}, \
-layers: {lora.layers or "all"}, bias: {lora.bias}{", rsLoRA" if lora.use_rslora else ""}{", DoRA" if lora.use_dora else ""}
+- **Adapter**: {describe_adapter(cfg)}
 - **Data**: {data}; {metrics.train_rows:,} training rows, {metrics.eval_rows:,} validation rows \
 ({"file " + cfg.data.eval_file if cfg.data.eval_file else f"stratified {cfg.data.val_fraction:g} split of train, seed {cfg.train.seed}"}); \
 max_length {cfg.data.max_length}
@@ -189,7 +200,6 @@ from budgetlora.modeling import load_trained
 model, tokenizer, meta = load_trained("{out}")
 ```
 
-or with peft directly on the base model built by `budgetlora.modeling.build_classifier`:
-`peft.PeftModel.from_pretrained(base, "{out}/adapter")`.
+{_direct_loading(cfg, out)}
 """
     atomic_write_text(out / "README.md", text)

@@ -23,7 +23,9 @@ from budgetlora.core.device import resolve_precision
 from budgetlora.core.distributed import Processes
 from budgetlora.core.hub import load_hf_config, load_tokenizer
 from budgetlora.data import Collator, Encoded, EncodedDataset, ShardedBatchSampler, encode, length_filter_indices, prepare_splits, train_batch_sampler
-from budgetlora.modeling import add_lora, build_classifier, check_tokenizer_matches
+from budgetlora.modeling import (
+    TrainingHooks, add_lora, build_classifier, check_tokenizer_matches, head_module_names, training_hooks,
+)
 from budgetlora.training.distill import training_targets
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,11 @@ def setup_engine(t: TrainConfig, model: torch.nn.Module, data: PreparedData,
                   batches_per_epoch, steps_per_epoch, total_steps)
 
 
+def setup_hooks(cfg: RunConfig, model: torch.nn.Module, total_steps: int) -> TrainingHooks:
+    """The per-step work of the run's method (AdaLoRA's rank schedule follows the run's steps)."""
+    return training_hooks(model, cfg, total_steps)
+
+
 def _parallel_options(t: TrainConfig, procs: Processes) -> dict[str, Any]:
     """DDP is told that some trainable parameters may get no gradient in a step (a head module
     peft keeps but the forward skips); without it such a model stops with a reduction error in
@@ -181,18 +188,26 @@ def _parallel_options(t: TrainConfig, procs: Processes) -> dict[str, Any]:
 
 
 def param_groups(model: torch.nn.Module, t: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: LoRA+ gives B its own learning rate; no weight decay on biases, norms, DoRA."""
+    """AdamW groups: the head at head_lr, everything else that trains (any method's adapter,
+    biases, modules_to_train) at lr; LoRA+ gives B its own learning rate; no weight decay on
+    biases, norms, DoRA magnitudes or IA3 scales."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = set(head_module_names(base))
     groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        # base_model.model.X in a peft tuner model, base_model.X with prompt learning
+        in_head = name.removeprefix("base_model.model.").removeprefix("base_model.").split(".")[0] in heads
         if "lora_B" in name:
             lr = t.lr * t.lora_plus_ratio
-        elif "lora_" in name:
-            lr = t.lr
-        else:
+        elif in_head:
             lr = t.head_lr if t.head_lr is not None else t.lr
-        no_decay = p.ndim < 2 or "norm" in name.lower() or "magnitude" in name
+        else:
+            lr = t.lr
+        # IA3's scales start at 1 and are (n, 1) matrices: decay would pull them towards switching
+        # the activations off.
+        no_decay = p.ndim < 2 or "norm" in name.lower() or "magnitude" in name or "ia3_l" in name
         groups.setdefault((lr, 0.0 if no_decay else t.weight_decay), []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 

@@ -27,7 +27,7 @@ from budgetlora.errors import UserError
 from budgetlora.training import checkpoint as ckpt
 from budgetlora.training.loop import OnEval, Run, fit
 from budgetlora.training.outputs import JsonlLog, RunMetrics, write_outputs
-from budgetlora.training.setup import check_budget_first, setup_data, setup_engine, setup_model
+from budgetlora.training.setup import check_budget_first, setup_data, setup_engine, setup_hooks, setup_model
 from budgetlora.training.state import LogWindow, TrainState
 from budgetlora.training.trackers import RunTrackers
 
@@ -102,10 +102,11 @@ def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(
     checked = check_budget_first(cfg)
     data = setup_data(cfg, checked, out / "cache", procs)
     model = setup_model(cfg, checked)
+    engine = setup_engine(t, model.model, data, procs)
+    hooks = setup_hooks(cfg, engine.unwrapped(), engine.total_steps)
     if not resume and procs.is_main:  # every input is known good now: only then replace anything
         ckpt.clear_previous_run(out)
         atomic_write_text(out / "config.yaml", cfg.to_yaml())
-    engine = setup_engine(t, model.model, data, procs)
     state, window = TrainState(), LogWindow()
     if resume and ckpt.latest(out) is not None:
         state, window, written_by = ckpt.load_latest(out, engine.unwrapped(), engine.optimizer, engine.scheduler,
@@ -126,7 +127,7 @@ def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(
                  len(data.train.input_ids), engine.total_steps, engine.precision, model.measured.total,
                  model.measured.describe(), procs.world_size)
     return Run(cfg, out, checked.label_names, checked.tokenizer, data, model, engine, state, window, logger,
-               procs, trackers)
+               procs, trackers, hooks=hooks)
 
 
 def finalize(run: Run, command: Optional[str]) -> RunMetrics:

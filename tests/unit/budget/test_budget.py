@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from budgetlora.budget import (
-    Breakdown, NeedsMeta, analyse, check_budget, count_on_meta, count_trainable, estimate,
+    KINDS, Breakdown, NeedsMeta, analyse, check_budget, count_on_meta, count_trainable, estimate,
     inventory_from_model, load_config_only,
 )
 from budgetlora.config import from_dict
@@ -256,8 +256,9 @@ def test_796420_is_not_a_suffix_list_on_layers_0_1_5_10_11(roberta_base):
 def test_breakdown_api():
     b = Breakdown(lora_A=147_456, lora_B=147_456, head=593_668, bias=18_432)
     assert b.total == 907_012
-    assert b.as_dict() == {"lora_A": 147_456, "lora_B": 147_456, "dora_magnitude": 0, "head": 593_668,
-                           "bias": 18_432, "other": 0, "total": 907_012}
+    assert b.as_dict() == {**{k: 0 for k in KINDS}, "lora_A": 147_456, "lora_B": 147_456, "head": 593_668,
+                           "bias": 18_432, "total": 907_012}
+    assert list(b.as_dict())[:3] == ["lora_A", "lora_B", "dora_magnitude"]
     assert b.describe() == "lora_A 147,456 · lora_B 147,456 · head 593,668 · bias 18,432 = 907,012"
     assert Breakdown().describe() == "nothing trainable = 0"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -11,7 +12,10 @@ from budgetlora.budget import count_on_meta, count_trainable, estimate, load_con
 from budgetlora.cli import build_parser, config_overrides, main
 from budgetlora.config import load_config
 from budgetlora.modeling import add_lora, build_classifier_from_config, module_inventory
-from budgetlora.commands.plan import DEFAULT_BUDGET, Candidate, _run_config, layer_subsets, plan, score, target_modules_for
+from budgetlora.commands.plan import (
+    DEFAULT_BUDGET, PLAN_METHODS, SIZES, Candidate, _run_config, layer_subsets, plan, score, target_modules_for,
+)
+from budgetlora.errors import ConfigError
 from conftest import shared_path
 from tiny import ARCH_CONFIGS, tiny_config
 
@@ -80,18 +84,29 @@ def test_plan_counts_match_peft_on_tiny_models(arch):
     assert candidates and len(candidates) <= tried
     assert all(c.trainable_params < budget for c in candidates)
     assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
-    keys = {(c.head, c.targets_text, tuple(c.layers or ()), c.r, c.use_dora) for c in candidates}
+    keys = {(c.method, c.head, c.targets_text, tuple(c.layers or ()), c.size, tuple(c.feedforward)) for c in candidates}
     assert len(keys) == len(candidates)
-    for c in candidates[:3] + candidates[3::8]:
+    # no prompt tuning: 130 positions leave no room for virtual tokens before 128-token texts
+    assert {c.method for c in candidates} == set(PLAN_METHODS) - {"prompt"}
+    # every method's best entry, and a sample of the rest
+    firsts = list({c.method: c for c in reversed(candidates)}.values())
+    for c in firsts + candidates[:3] + candidates[3::8]:
         run = _run_from_train_args(c.train_args("unused", budget))
+        assert run.adapter.method == c.method
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = add_lora(build_classifier_from_config(run.model, cfg), run)
         assert count_trainable(model) == c.breakdown
-        assert model.get_nb_trainable_parameters()[0] == c.trainable_params
-        # the largest rank that fits: one more would not
-        bigger = _run_config(c.head, c.target_modules, c.layers, c.r + 1, c.use_dora)
-        assert c.r == 64 or estimate(bigger, cfg, 4).total >= budget
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable == c.trainable_params
+        if c.method not in SIZES:
+            continue
+        # the largest size that fits: one more would not (or peft would refuse it)
+        bigger = dataclasses.replace(c, size=c.size + 1)
+        try:
+            assert c.size == SIZES[c.method][1] or estimate(bigger.run_config(), cfg, 4).total >= budget
+        except ConfigError:
+            assert c.method == "fourierft"
 
 
 def test_roberta_base_plan_matches_peft_on_the_meta_device(roberta_base_dir):
@@ -131,7 +146,7 @@ def test_plan_table_shows_counts_and_train_flags(tiny_config_dir, capsys):
     assert "roberta, 4 layers, hidden 32" in lines[0]
     assert "fewer than 20,000" in lines[1] and "top 3" in lines[1]
     header = next(line for line in lines if line.lstrip().startswith("#"))
-    for column in ("trainable", "budget", "head", "targets", "layers", "r", "DoRA"):
+    for column in ("trainable", "budget", "method", "head", "targets", "layers", "size"):
         assert column in header
     flag_lines = [line.strip() for line in lines if line.strip().startswith("budgetlora train ")]
     assert len(flag_lines) == 3
@@ -208,6 +223,47 @@ def test_explain_reproduces_the_published_roberta_base_counts(roberta_base_dir, 
 
 
 def test_candidate_flags_round_trip_for_a_single_target():
-    c = Candidate("linear", "qv", ["query"], [1], 4, False, None, 1, 0.1, 0.1)  # type: ignore[arg-type]
+    c = Candidate("linear", "qv", ["query"], [1], "lora", 4, None, 1, 0.1, 0.1)  # type: ignore[arg-type]
     run = _run_from_train_args(c.train_args("m", DEFAULT_BUDGET))
     assert run.lora.target_modules == ["query"] and run.lora.layers == [1]
+
+
+def test_plan_method_filter_and_a_mistyped_method(tiny_config_dir, capsys):
+    assert main(["plan", "--model", tiny_config_dir, "--budget", "20000", "--method", "vera,ia3", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert entries and {e["method"] for e in entries} == {"vera", "ia3"}
+    vera = next(e for e in entries if e["method"] == "vera")
+    assert vera["size"]["vera_r"] >= 1 and "--vera-r" in vera["train_args"] and vera["r"] is None
+    assert main(["plan", "--model", tiny_config_dir, "--method", "vrea"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'vera'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method, flags, kind", [
+    ("vera", "--vera-r 64 --target-modules query,value", "vera_lambda"),
+    ("ia3", "--target-modules key,value,output.dense --ia3-feedforward-modules output.dense", "ia3_scale"),
+    ("prompt", "--num-virtual-tokens 10 --max-length 64", "prompt"),
+    ("bias", "", "bias"),
+])
+def test_explain_shows_each_methods_own_kind(tiny_config_dir, capsys, method, flags, kind):
+    assert main(["plan", "--model", tiny_config_dir, "--explain", f"--method {method} {flags}"]) == 0
+    out = capsys.readouterr().out
+    assert f"configuration: method {method}" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith(kind + " "))
+    run = _run_from_train_args(["--method", method, *flags.split()])
+    assert int(line.split()[1].replace(",", "")) == getattr(estimate(run, _four_layers("roberta"), 4), kind)
+
+
+def test_plan_fits_virtual_tokens_into_the_position_embeddings():
+    cfg = _four_layers("roberta")
+    for positions, tokens in ((200, 64), (180, 50), (130, None)):  # room = positions - 2 - 128
+        cfg.max_position_embeddings = positions
+        found = [c for c in plan(cfg, 50_000, 4, ["prompt"])[0] if c.head == "linear"]
+        assert [c.size for c in found] == ([tokens] if tokens else [])
+    cfg.max_position_embeddings = 180
+    c = plan(cfg, 50_000, 4, ["prompt"])[0][0]
+    run = _run_from_train_args(c.train_args("unused", 50_000))
+    model = add_lora(build_classifier_from_config(run.model, cfg), run)
+    assert count_trainable(model) == c.breakdown and c.breakdown.prompt == c.size * 32
+    with pytest.raises(ConfigError, match="exceed the 180 positions"):
+        estimate(dataclasses.replace(c, size=c.size + 1).run_config(), cfg, 4)
