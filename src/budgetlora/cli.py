@@ -209,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="Show full tracebacks for errors.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_model_commands(sub)
+    _add_study_commands(sub)
+    _add_bench_command(sub)
+    for command_parser in sub.choices.values():  # `budgetlora train --debug ...` works too
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors.")
+    return p
+
+
+def _add_model_commands(sub: Any) -> None:
+    """train, evaluate, predict, export: the commands that make or use one model."""
     t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
     add_train_arguments(t)
 
@@ -246,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--verify-data", metavar="FILE", help="Texts to verify on instead of the run's validation rows.")
     ex.add_argument("--verify-rows", type=int, default=512, metavar="N", help="Rows to verify on (default 512).")
 
+
+
+def _add_study_commands(sub: Any) -> None:
+    """plan, search, compare, report: the commands that choose among or look at several runs."""
     pl = sub.add_parser("plan", help="Best adapter configurations under a budget, counted from the model config alone.")
     pl.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Hub id, model folder or config.json.")
     pl.add_argument("--budget", type=int, default=None, metavar="N", help="Trainable parameters must be fewer (default 1,000,000).")
@@ -282,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Which evaluation to show, by its eval/NAME.json (default: each run's newest).")
     r.add_argument("--errors", type=int, default=20, metavar="N", help="Misclassified rows to show per run (default 20).")
 
+
+
+def _add_bench_command(sub: Any) -> None:
     b = sub.add_parser("bench", help="The seed notebooks' HF Trainer pipeline and budgetlora's default one, side by side.")
     b.add_argument("--model", required=True, metavar="ID_OR_DIR", help="Pretrained encoder (Hub id or local folder).")
     b.add_argument("--train-file", metavar="FILE", help="Labelled rows (e.g. AG News train.csv); training and validation rows are carved from it.")
@@ -296,9 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sweep-lengths", type=_int_list, default=[32, 64, 128, 256], metavar="T,T,...", help="Sequence lengths of the sweep.")
     b.add_argument("--sweep-rows", type=_int_list, default=[256, 512, 1024], metavar="N,N,...", help="Row counts of the sweep.")
     b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="Size of the matmul that measures the machine's peak.")
-    for command_parser in sub.choices.values():  # `budgetlora train --debug ...` works too
-        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Show full tracebacks for errors.")
-    return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
