@@ -315,6 +315,27 @@ def _add_bench_command(sub: Any) -> None:
     b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="Size of the matmul that measures the machine's peak.")
 
 
+def wait_for_the_other_processes(seconds: float = 30) -> None:
+    """Under torchrun, every process of a run that stops on an error prints the same line
+    (training.trainer agrees on it); the first to exit would make the launcher kill the others
+    before they print theirs, so they meet once more. A process that is gone ends the wait."""
+    import datetime
+
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=seconds))
+        else:
+            dist.barrier()
+    except Exception:  # another process died first: nothing to wait for
+        pass
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -325,7 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as e:
         if ns.debug:
             raise
-        print(f"budgetlora: error: {e}", file=sys.stderr)
+        print(f"budgetlora: error: {e}", file=sys.stderr, flush=True)
+        wait_for_the_other_processes()
         return e.exit_code
     except KeyboardInterrupt:
         print("budgetlora: interrupted", file=sys.stderr)
