@@ -28,11 +28,12 @@ from budgetlora.budget import (
     inventory_from_model, load_config_only,
 )
 from budgetlora.config import (
-    DEFAULT_BUDGET, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, resolved_method, to_flags,
+    DEFAULT_BUDGET, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, prompt_room, resolved_method,
+    to_flags,
 )
 from budgetlora.errors import BudgetError, ConfigError, closest_match
 from budgetlora.flags import add_train_arguments, config_overrides
-from budgetlora.modeling import Inventory, module_inventory, prompt_room
+from budgetlora.modeling import Inventory, module_inventory
 
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score
