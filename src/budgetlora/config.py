@@ -558,6 +558,23 @@ def resolved_method(run: "RunConfig") -> str:
     return method
 
 
+def prompt_room(hf_config: Any, max_length: int) -> Optional[int]:
+    """How many virtual tokens fit before texts of `max_length` tokens: the position embeddings
+    less 2 (kept aside for roberta's offset); None when the config does not say."""
+    limit = getattr(hf_config, "max_position_embeddings", None)
+    return limit - 2 - max_length if isinstance(limit, int) else None
+
+
+def check_prompt_fits(hf_config: Any, run: "RunConfig") -> None:
+    """Virtual tokens lengthen every text: the longest must still fit the position embeddings,
+    or the forward pass fails on the first long text."""
+    room, n = prompt_room(hf_config, run.data.max_length), run.adapter.num_virtual_tokens
+    if room is not None and n > room:
+        limit = hf_config.max_position_embeddings
+        raise ConfigError(f"num_virtual_tokens: {n} virtual tokens + max_length {run.data.max_length} exceed the "
+                          f"{limit} positions of this model; lower --max-length to {limit - 2 - n} or use fewer tokens")
+
+
 def check_method_settings(run: "RunConfig") -> None:
     """Refuse LoRA-section settings that the chosen method has no use for, rather than ignore them."""
     method, lora = run.adapter.method, run.lora

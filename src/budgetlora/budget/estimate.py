@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from budgetlora.budget.counting import Breakdown, count_trainable
 from budgetlora.budget.rules import NeedsMeta, analyse, check_combination
-from budgetlora.config import ModelConfig, RunConfig, model_num_layers, resolved_method
+from budgetlora.config import ModelConfig, RunConfig, check_prompt_fits, model_num_layers, resolved_method
 from budgetlora.core.hub import load_hf_config, quiet_transformers
 from budgetlora.errors import ConfigError
-from budgetlora.modeling import Inventory, Module, check_prompt_fits, module_inventory
+from budgetlora.modeling import Inventory, Module, module_inventory
 from budgetlora.modeling.inventory import LAYER_INDEX
 
 if TYPE_CHECKING:  # torch is imported lazily: `plan` must start fast

@@ -28,12 +28,13 @@ from budgetlora.budget import (
     inventory_from_model, load_config_only,
 )
 from budgetlora.config import (
-    DEFAULT_BUDGET, HEADS, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, resolved_method, to_flags,
+    DEFAULT_BUDGET, HEADS, DataConfig, LoraConfig, ModelConfig, RunConfig, field_index, prompt_room,
+    resolved_method, to_flags,
 )
 from budgetlora.errors import BudgetError, ConfigError, closest_match
 from budgetlora.modeling.head_specs import NATIVE_HEADS
 from budgetlora.flags import add_train_arguments, config_overrides
-from budgetlora.modeling import Inventory, module_inventory, prompt_room
+from budgetlora.modeling import Inventory, module_inventory
 
 MAX_RANK = 64  # beyond this LoRA ranks rarely help (Hu et al. table 6) and plans get silly
 RANK_HALF_CREDIT = 4  # the r that earns half of the rank credit in the score

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     )
     from budgetlora.modeling.inventory import Inventory, Module
     from budgetlora.modeling.methods import (
-        METHOD_INFO, MethodInfo, TrainingHooks, attach_method, can_merge, check_prompt_fits, describe_adapter,
-        peft_lora_config, peft_method_config, prompt_room, refuse_merge, training_hooks,
+        METHOD_INFO, MethodInfo, TrainingHooks, attach_method, can_merge, describe_adapter, peft_lora_config,
+        peft_method_config, refuse_merge, training_hooks,
     )
     from budgetlora.modeling.run_model import (
         BUDGETLORA_META, TRAINED_PARAMETERS, load_trained, read_adapter_meta, save_adapter,
@@ -38,9 +38,8 @@ _HOME = {
                    "first_token_only_params", "pack_linear_layers", "packed_linear_available",
                    "resolve_attn_implementation"],
     "inventory": ["Inventory", "Module"],
-    "methods": ["METHOD_INFO", "MethodInfo", "TrainingHooks", "attach_method", "can_merge", "check_prompt_fits",
-                "describe_adapter", "peft_lora_config", "peft_method_config", "prompt_room", "refuse_merge",
-                "training_hooks"],
+    "methods": ["METHOD_INFO", "MethodInfo", "TrainingHooks", "attach_method", "can_merge", "describe_adapter",
+                "peft_lora_config", "peft_method_config", "refuse_merge", "training_hooks"],
     "run_model": ["BUDGETLORA_META", "TRAINED_PARAMETERS", "load_trained", "read_adapter_meta", "save_adapter"],
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}

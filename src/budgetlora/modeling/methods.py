@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from budgetlora.config import LORA_FAMILY, LoraConfig, RunConfig, model_num_layers, resolved_method
+from budgetlora.config import LORA_FAMILY, LoraConfig, RunConfig, check_prompt_fits, model_num_layers, resolved_method
 from budgetlora.errors import ConfigError, UserError
 
 if TYPE_CHECKING:  # torch and peft are imported when a model is built
@@ -192,23 +192,6 @@ def attach_method(model: "nn.Module", run: RunConfig, head_modules: list[str]) -
         check_prompt_fits(model.config, run)
     pcfg = peft_method_config(run, head_modules, norms, model.config, token_dim)
     return peft.get_peft_model(model, pcfg)
-
-
-def prompt_room(hf_config: Any, max_length: int) -> Optional[int]:
-    """How many virtual tokens fit before texts of `max_length` tokens: the position embeddings
-    less 2 (kept aside for roberta's offset); None when the config does not say."""
-    limit = getattr(hf_config, "max_position_embeddings", None)
-    return limit - 2 - max_length if isinstance(limit, int) else None
-
-
-def check_prompt_fits(hf_config: Any, run: RunConfig) -> None:
-    """Virtual tokens lengthen every text: the longest must still fit the position embeddings,
-    or the forward pass fails on the first long text."""
-    room, n = prompt_room(hf_config, run.data.max_length), run.adapter.num_virtual_tokens
-    if room is not None and n > room:
-        limit = hf_config.max_position_embeddings
-        raise ConfigError(f"num_virtual_tokens: {n} virtual tokens + max_length {run.data.max_length} exceed the "
-                          f"{limit} positions of this model; lower --max-length to {limit - 2 - n} or use fewer tokens")
 
 
 def train_biases_only(model: "nn.Module", head_modules: list[str]) -> "nn.Module":

@@ -132,13 +132,18 @@ def test_over_budget_method_is_refused_before_any_weights_load(tmp_path, tiny_tr
     folder = tmp_path / "config-only"
     tok = make_tokenizer(folder)
     tiny_config("roberta", vocab_size=len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(folder))
-    for method, extra in (("vera", {"vera_r": 4096}), ("prompt", {"num_virtual_tokens": 500}), ("bias", {})):
+    cases = [("vera", {"vera_r": 4096}, BudgetError, "budget of 1,200"),
+             ("prompt", {"num_virtual_tokens": 60, "max_length": 64}, BudgetError, "budget of 1,200"),
+             ("bias", {}, BudgetError, "budget of 1,200"),
+             ("prompt", {"num_virtual_tokens": 500}, ConfigError, "exceed the 130 positions")]
+    for i, (method, extra, error, says) in enumerate(cases):
+        out = tmp_path / f"{method}{i}"
         cfg = load_config(None, {"model": str(folder), "train_file": str(tiny_train_csv), "method": method,
-                                 "output_dir": str(tmp_path / method), "budget": 1_200, **extra})
-        with pytest.raises(BudgetError) as err:
+                                 "output_dir": str(out), "budget": 1_200, **extra})
+        with pytest.raises(error) as err:
             train(cfg)
-        assert "\n" not in str(err.value) and "budget of 1,200" in str(err.value)
-        assert not (tmp_path / method).exists()
+        assert "\n" not in str(err.value) and says in str(err.value)
+        assert not out.exists()
 
 
 def test_budget_advice_names_the_method_knob():
