@@ -319,7 +319,8 @@ def test_load_config_only_reads_folders_and_config_files(tmp_path):
 
 def test_estimating_imports_neither_peft_nor_the_model_code(tmp_path):
     """What keeps `plan` fast: the analytic count needs only the config and the family records
-    (modeling.architectures and modeling.inventory), none of the code that builds a model."""
+    (modeling.architectures, modeling.inventory and the native heads' name table
+    modeling.head_specs), none of the code that builds a model."""
     tiny_config("roberta").save_pretrained(str(tmp_path))
     code = (
         "import sys, json\n"
@@ -328,7 +329,8 @@ def test_estimating_imports_neither_peft_nor_the_model_code(tmp_path):
         f"cfg = load_config_only({str(tmp_path)!r}, 4)\n"
         "b = estimate(from_dict({'target_modules': 'all-linear'}), cfg, 4)\n"
         "model_code = [m for m in sys.modules if m.startswith('budgetlora.modeling.')\n"
-        "              and m not in ('budgetlora.modeling.architectures', 'budgetlora.modeling.inventory')]\n"
+        "              and m not in ('budgetlora.modeling.architectures', 'budgetlora.modeling.inventory',\n"
+        "                            'budgetlora.modeling.head_specs')]\n"
         "print(json.dumps([b.total, 'peft' in sys.modules, model_code]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
