@@ -47,11 +47,15 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from budgetlora.budget.defaults import unset_settings
     from budgetlora.training.trainer import config_for_train, train
 
     setup_logging()
-    cfg = config_for_train(ns.config, config_overrides(ns), ns.resume)
-    m = train(cfg, command="budgetlora " + shlex.join(["train", *ns._argv]), resume=bool(ns.resume))
+    overrides = config_overrides(ns)
+    cfg = config_for_train(ns.config, overrides, ns.resume)
+    # No recipe and no adapter flag: train spends the budget as `plan` advises (budget.defaults).
+    unset = unset_settings(overrides, recipe=bool(ns.config or ns.resume))
+    m = train(cfg, command="budgetlora " + shlex.join(["train", *ns._argv]), resume=bool(ns.resume), unset=unset)
     print(f"best validation accuracy {m.best_eval_accuracy:.4f} (step {m.best_step}), "
           f"{m.trainable_params:,} trainable params < budget {m.budget:,}, "
           f"{m.train_samples_per_second:.1f} samples/s")
@@ -88,7 +92,12 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 def cmd_plan(ns: argparse.Namespace) -> int:
     from budgetlora.commands.plan import plan_command
 
-    print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain))
+    if ns.measure:
+        setup_logging()
+    print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain,
+                       measure=ns.measure, train_file=ns.train_file, measure_rows=ns.measure_rows,
+                       measure_eval_rows=ns.measure_eval_rows, seed=ns.seed,
+                       progress=lambda msg: print(f"plan --measure: {msg}", file=sys.stderr, flush=True)))
     return 0
 
 
@@ -191,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top", type=int, default=20, metavar="N", help="Rows to print.")
     pl.add_argument("--json", action="store_true", help="Print every candidate as JSON.")
     pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
+    pl.add_argument("--measure", type=int, default=0, metavar="K",
+                    help="Train the first K candidates briefly (successive halving on the validation split) and "
+                         "print the measured ranking beside the planner's; needs --train-file and the model's weights.")
+    pl.add_argument("--train-file", metavar="FILE", help="Labelled rows for --measure (validation is carved from them).")
+    pl.add_argument("--measure-rows", type=int, default=256, metavar="N",
+                    help="Training rows of --measure's first round (doubled each round; default 256).")
+    pl.add_argument("--measure-eval-rows", type=int, default=500, metavar="N",
+                    help="Validation rows every --measure round is scored on (default 500).")
+    pl.add_argument("--seed", type=int, default=42, metavar="N", help="Seed of --measure's split and runs.")
 
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")

@@ -1,0 +1,118 @@
+"""Budget-aware defaults: what `budgetlora train` chooses itself when no adapter setting is given.
+
+With no recipe and no head or LoRA flag, `train` spends `--budget` the way `budgetlora plan` would
+advise: the planner's first candidate for this model and budget sets the head, the target modules,
+the layers, the rank and alpha (usually the `linear` head and LoRA on every linear layer at the
+largest rank that fits), and a learning-rate rule sets `lr` unless `--lr` is given. Everything
+else keeps its documented default (LoRA dropout 0, bias none, ...).
+
+Any adapter setting given, by a flag or a recipe, means the user chose the adapter: nothing is
+changed then (the seed recipes keep their exact settings, a resumed run its config.yaml).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Optional
+
+from budgetlora.budget.estimate import describe_model
+from budgetlora.budget.planner import RANK_HALF_CREDIT, Candidate, plan
+from budgetlora.config import LoraConfig, RunConfig, flag_value
+from budgetlora.errors import BudgetError
+
+# The settings that decide what trains (and so the count): a user who gives any of them chose the
+# adapter. LoRA dropout is a regulariser, not a placement: `--lora-dropout 0.1` alone keeps the plan.
+ADAPTER_SETTINGS = frozenset({"head"} | {f.name for f in fields(LoraConfig)} - {"lora_dropout"})
+
+# The learning-rate rule, lr = LR_AT_REFERENCE x (REFERENCE_HIDDEN / hidden) ** LR_HIDDEN_POWER,
+# measured on all-MiniLM-L6-v2 (hidden 384) and all-mpnet-base-v2 (hidden 768) with the planner's
+# first choice (alpha = 2r), docs/BUDGET.md "Defaults".
+REFERENCE_HIDDEN = 384
+LR_AT_REFERENCE = 1e-3
+LR_HIDDEN_POWER = 1.0
+
+
+@dataclass(frozen=True)
+class Unset:
+    """Which settings the user left to `train`: the adapter's placement, the learning rate."""
+
+    adapter: bool = False
+    lr: bool = False
+
+
+def unset_settings(given: Iterable[str], recipe: bool) -> Unset:
+    """`given`: the names of the settings set by flags; `recipe`: a recipe (or a resumed run's
+    config.yaml) was given. A recipe or any adapter flag leaves everything as given."""
+    names = {n.replace("-", "_") for n in given}
+    if recipe or names & ADAPTER_SETTINGS:
+        return Unset()
+    return Unset(adapter=True, lr="lr" not in names)
+
+
+def lr_rule(hidden_size: Optional[int]) -> float:
+    """The peak learning rate for the planned adapter on an encoder of this width (alpha = 2r)."""
+    hidden = hidden_size or REFERENCE_HIDDEN
+    lr = LR_AT_REFERENCE * (REFERENCE_HIDDEN / hidden) ** LR_HIDDEN_POWER
+    return float(f"{lr:.2g}")  # a round number a user can type back
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `train` chose for the settings left unset, and how to ask for the same by flags."""
+
+    candidate: Candidate
+    lr: Optional[float]  # None: the given --lr was kept
+    model: str
+    model_text: str  # 'bert, 6 layers, hidden 384'
+    hidden_size: Optional[int]
+    budget: int
+    alternatives: int  # candidates the planner found
+
+    def flags(self) -> list[str]:
+        """The `budgetlora train` flags that reproduce this choice (after --model)."""
+        args = self.candidate.train_args(self.model, self.budget)[2:]
+        return args + (["--lr", flag_value(self.lr)] if self.lr is not None else [])
+
+    def message(self) -> str:
+        """One line: what was chosen, why, and the flags that reproduce it."""
+        c = self.candidate
+        layers = "every layer" if c.layers is None else f"layers {','.join(map(str, c.layers))}"
+        lr = (f"lr {flag_value(self.lr)} (rule {LR_AT_REFERENCE:g} x ({REFERENCE_HIDDEN}/hidden)^{LR_HIDDEN_POWER:g}, "
+              f"hidden {self.hidden_size})" if self.lr is not None else "lr as given")
+        return (
+            f"no adapter settings given: spending the budget as `budgetlora plan` advises: {c.head} head, "
+            f"LoRA r={c.r} alpha={c.lora_alpha}{' DoRA' if c.use_dora else ''} on {c.targets_text} ({layers}), "
+            f"{c.trainable_params:,} trainable of < {self.budget:,}; {lr}; LoRA dropout 0. Why: the planner's "
+            f"first of {self.alternatives} candidates for {self.model_text} (score {c.score:.3f} = coverage "
+            f"{c.coverage:.2f} x r/(r+{RANK_HALF_CREDIT}); see docs/BUDGET.md). The same with flags: "
+            + " ".join(self.flags())
+        )
+
+
+def choose_defaults(cfg: RunConfig, hf_config: Any, num_labels: int, unset: Unset) -> tuple[RunConfig, Optional[Choice]]:
+    """`cfg` with the unset settings chosen for its model and budget (a copy), and the choice;
+    `(cfg, None)` when the user gave the adapter."""
+    if not unset.adapter:
+        return cfg, None
+    candidates, _ = plan(hf_config, cfg.budget, num_labels)
+    if not candidates:
+        raise BudgetError(
+            f"no adapter configuration of this model has fewer than {cfg.budget:,} trainable parameters; "
+            "raise --budget, or give the adapter yourself (`budgetlora plan --explain` counts one)"
+        )
+    best = candidates[0]
+    out = copy.deepcopy(cfg)
+    out.model.head = best.head
+    lora = out.lora
+    lora.target_modules, lora.layers, lora.layers_relative_to = best.target_modules, best.layers, None
+    lora.r, lora.lora_alpha, lora.use_dora, lora.bias = best.r, best.lora_alpha, best.use_dora, "none"
+    hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "dim", None)
+    lr = lr_rule(hidden) if unset.lr else None
+    if lr is not None:
+        out.train.lr = lr
+    choice = Choice(best, lr, cfg.model.model, describe_model(hf_config), hidden, cfg.budget, len(candidates))
+    return out.validate(), choice
+
+
+__all__ = ["ADAPTER_SETTINGS", "Choice", "Unset", "choose_defaults", "lr_rule", "unset_settings"]

@@ -1,0 +1,106 @@
+"""Budget-aware defaults: with no adapter setting given, `train` takes the planner's first choice
+for the model and budget and the learning-rate rule, logs what it chose first and records it in
+config.yaml; any adapter flag or recipe leaves the settings exactly as given."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+
+import pytest
+
+from budgetlora.budget import load_config_only
+from budgetlora.budget.defaults import ADAPTER_SETTINGS, Unset, choose_defaults, lr_rule, unset_settings
+from budgetlora.budget.planner import plan
+from budgetlora.cli import build_parser, config_overrides, main
+from budgetlora.config import RunConfig, load_config
+from budgetlora.errors import BudgetError
+from conftest import REPO
+
+
+def _train_args(model_dir, train_csv, eval_csv, out, *extra):
+    return ["train", "--model", str(model_dir), "--train-file", str(train_csv), "--eval-file", str(eval_csv),
+            "--max-train-samples", "48", "--max-eval-samples", "16", "--max-steps", "2", "--batch-size", "16",
+            "--output-dir", str(out), *extra]
+
+
+def _recorded(out) -> RunConfig:
+    return load_config(out / "config.yaml")
+
+
+def test_unset_settings_follow_what_was_given():
+    assert unset_settings({}, recipe=False) == Unset(adapter=True, lr=True)
+    # settings that do not place the adapter keep the plan
+    assert unset_settings({"epochs": "1", "budget": "500000", "lora_dropout": "0.1"}, recipe=False) == Unset(True, True)
+    assert unset_settings({"lr": "0.01"}, recipe=False) == Unset(adapter=True, lr=False)
+    for name in sorted(ADAPTER_SETTINGS):  # any adapter setting: the user chose the adapter
+        assert unset_settings({name: "x"}, recipe=False) == Unset(), name
+    assert unset_settings({}, recipe=True) == Unset()  # a recipe, or a resumed run's config.yaml
+    assert {"head", "r", "lora_alpha", "target_modules", "layers", "use_dora", "bias"} <= ADAPTER_SETTINGS
+    assert "lora_dropout" not in ADAPTER_SETTINGS
+
+
+def test_lr_rule_falls_with_width():
+    assert lr_rule(768) < lr_rule(384) < lr_rule(32)
+    assert lr_rule(None) == lr_rule(384)
+
+
+def test_no_flags_train_the_planners_first_choice(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        assert main(_train_args(tiny_model_dir, tiny_train_csv, tiny_eval_csv, out)) == 0
+    hf_config = load_config_only(str(tiny_model_dir), 4)
+    best = plan(hf_config, RunConfig().budget, 4)[0][0]
+    cfg = _recorded(out)
+    assert (cfg.model.head, cfg.lora.target_modules, cfg.lora.layers, cfg.lora.r, cfg.lora.lora_alpha,
+            cfg.lora.use_dora) == (best.head, best.target_modules, best.layers, best.r, best.lora_alpha, best.use_dora)
+    assert cfg.train.lr == lr_rule(hf_config.hidden_size)
+    assert cfg.lora.lora_dropout == 0.0
+    # the first line budgetlora logs says what it chose, and its flags reproduce the same settings
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("budgetlora")]
+    assert ours[0].startswith("no adapter settings given") and f"r={best.r}" in ours[0]
+    flags = ours[0].split("The same with flags: ", 1)[1]
+    again = load_config(None, config_overrides(build_parser().parse_args(["train", *shlex.split(flags)])))
+    assert again.lora == cfg.lora and again.model.head == cfg.model.head and again.train.lr == cfg.train.lr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainable_params"] == best.trainable_params < cfg.budget
+
+
+def test_given_lr_is_kept_and_the_adapter_still_planned(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_model_dir, tiny_train_csv, tiny_eval_csv, out, "--lr", "0.0123")) == 0
+    cfg = _recorded(out)
+    best = plan(load_config_only(str(tiny_model_dir), 4), cfg.budget, 4)[0][0]
+    assert cfg.train.lr == 0.0123 and cfg.lora.r == best.r and cfg.model.head == best.head
+
+
+def test_an_adapter_flag_leaves_every_setting_as_given(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        assert main(_train_args(tiny_model_dir, tiny_train_csv, tiny_eval_csv, out, "--r", "3")) == 0
+    defaults = RunConfig()
+    cfg = _recorded(out)
+    assert cfg.lora.r == 3
+    assert (cfg.model.head, cfg.lora.target_modules, cfg.lora.lora_alpha, cfg.train.lr) == (
+        defaults.model.head, defaults.lora.target_modules, defaults.lora.lora_alpha, defaults.train.lr)
+    assert not any("no adapter settings given" in r.getMessage() for r in caplog.records)
+
+
+def test_a_seed_recipe_keeps_its_exact_settings(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv):
+    recipe = REPO / "recipes" / "seeds" / "r8-qv-lora-only.yaml"
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_model_dir, tiny_train_csv, tiny_eval_csv, out, "--config", str(recipe))) == 0
+    cfg, seed = _recorded(out), load_config(recipe)
+    assert cfg.lora == seed.lora and cfg.model.head == seed.model.head and cfg.train.lr == seed.train.lr
+
+
+def test_resolution_is_a_copy_and_refuses_a_budget_nothing_fits(tiny_model_dir):
+    hf_config = load_config_only(str(tiny_model_dir), 4)
+    cfg = RunConfig()
+    chosen, choice = choose_defaults(cfg, hf_config, 4, Unset(adapter=True, lr=True))
+    assert choice is not None and cfg.lora == RunConfig().lora and chosen.lora.r == choice.candidate.r
+    assert choose_defaults(cfg, hf_config, 4, Unset()) == (cfg, None)
+    cfg.budget = 10
+    with pytest.raises(BudgetError, match="raise --budget"):
+        choose_defaults(cfg, hf_config, 4, Unset(adapter=True, lr=True))
