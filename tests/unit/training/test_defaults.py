@@ -41,11 +41,6 @@ def test_unset_settings_follow_what_was_given():
     assert "lora_dropout" not in ADAPTER_SETTINGS
 
 
-def test_lr_rule_falls_with_width():
-    assert lr_rule(768) < lr_rule(384) < lr_rule(32)
-    assert lr_rule(None) == lr_rule(384)
-
-
 def test_no_flags_train_the_planners_first_choice(tmp_path, tiny_model_dir, tiny_train_csv, tiny_eval_csv, caplog):
     out = tmp_path / "run"
     with caplog.at_level(logging.INFO):
