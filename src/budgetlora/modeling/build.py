@@ -27,6 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from budgetlora.config import LoraConfig, ModelConfig, RunConfig, model_num_layers, resolve_relative_layers
 from budgetlora.core.hub import load_hf_config, quiet_transformers, wrap_load_error
 from budgetlora.errors import ConfigError, ModelLoadError
+from budgetlora.modeling.fast_lora import use_fast_lora
 from budgetlora.modeling.fast_paths import first_token_last_layer, resolve_attn_implementation
 
 log = logging.getLogger(__name__)
@@ -228,10 +229,12 @@ def add_lora(model: nn.Module, run: RunConfig):
     heads = head_module_names(model)
     try:
         pcfg = peft_lora_config(run.lora, heads, run.model.head)
-        return peft.get_peft_model(model, pcfg)
+        adapted = peft.get_peft_model(model, pcfg)
     except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
         raise ConfigError(f"target_modules/layers: {str(e).splitlines()[0]}") from None
+    use_fast_lora(adapted)  # plain LoRA's forward in fewer passes (modeling.fast_lora)
+    return adapted
 
 
 def build_model(run: RunConfig, num_labels: int, label_names: Optional[list[str]] = None):
