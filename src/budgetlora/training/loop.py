@@ -214,9 +214,8 @@ def evaluate(run: Run) -> float:
     else:
         accuracy, loss = accuracy_and_loss(e.unwrapped(), run.data.eval, run.cfg.train.eval_batch_size,
                                            e.collate, e.device, e.precision)
-    # The wall-clock time too: `bench` reads when the accuracy was first reached, from the command's start.
     record = {"step": state.step, "epoch": round(state.step / e.steps_per_epoch, 4),
-              "eval_accuracy": accuracy, "eval_loss": loss, "wall_time": time.time()}
+              "eval_accuracy": accuracy, "eval_loss": loss}
     state.history.append(record)
     run.log.write(record)
     if state.record_eval(accuracy) and run.procs.is_main:

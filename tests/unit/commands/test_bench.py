@@ -213,3 +213,20 @@ def test_timed_commands_get_the_environment_the_bench_started_with(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     env = processes.child_env()
     assert "TOKENIZERS_PARALLELISM" not in env and env["PATH"] == "/usr/bin"
+
+
+def test_eval_clock_reads_whole_records_as_the_log_grows(tmp_path):
+    from budgetlora.commands.bench.tta import EvalClock
+
+    log = tmp_path / "log.jsonl"
+    clock = EvalClock(log)
+    clock()  # no log yet
+    log.write_text('{"step": 1, "loss": 0.9}\n{"step": 2, "eval_accuracy": 0.5')  # the second half written
+    clock()
+    assert clock.evals == []
+    with open(log, "a") as f:
+        f.write(', "eval_loss": 1.0}\n{"step": 4, "eval_accuracy": 0.75}\n')
+    clock()
+    clock()  # nothing new: nothing counted twice
+    assert [r["step"] for _, r in clock.evals] == [2, 4]
+    assert clock.evals[0][0] <= clock.evals[1][0]
