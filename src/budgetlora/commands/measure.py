@@ -86,6 +86,8 @@ def measure(model: str, candidates: list[Candidate], k: int, train_file: str, *,
         raise ConfigError("--measure-rows and --measure-eval-rows: give positive numbers of rows")
     say = progress or (lambda msg: None)
     results = [Measured(i + 1, c) for i, c in enumerate(candidates[:k])]
+    if len(results) < 2:
+        raise ConfigError(f"--measure: {len(results)} configuration(s) fit the budget; nothing to rank")
     lr = lr_rule(hidden_size)
     base = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="budgetlora-measure-"))
     alive = list(results)
