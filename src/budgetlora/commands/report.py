@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+from budgetlora.core.files import read_json_object
 from budgetlora.errors import RunDirError
 
 TOP_ERRORS = 20
@@ -51,16 +52,6 @@ class RunMaterial:
         return list(self.evaluation.get("label_names") or self.metrics.get("label_names") or [])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path}: unreadable ({e})") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: not a JSON object")
-    return data
-
-
 def _evaluations(folder: Path) -> list[Path]:
     """eval/<name>.json reports of `budgetlora evaluate`, newest first."""
     found = [p for p in (folder / "eval").glob("*.json") if p.is_file()]
@@ -88,16 +79,16 @@ def read_run_material(run_dir: Union[str, Path], eval_name: Optional[str] = None
         raise RunDirError(f"{run_dir}: not evaluated yet (eval/ has no report), so there is no confusion matrix, "
                           f"calibration or error list to show; run `budgetlora evaluate --run {run_dir} "
                           "--data TEST_FILE --calibrate` first")
-    evaluation = _read_json(evals[0])
+    evaluation = read_json_object(evals[0])
     if "confusion_matrix" not in evaluation:
         raise RunDirError(f"{evals[0]}: not an evaluation report of `budgetlora evaluate`")
     config_path = folder / "config.yaml"
     material = RunMaterial(
-        folder=folder, metrics=_read_json(folder / "metrics.json"),
+        folder=folder, metrics=read_json_object(folder / "metrics.json"),
         config_yaml=config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else "",
         records=read_log(folder / "log.jsonl") if (folder / "log.jsonl").is_file() else [],
         eval_name=evals[0].stem, evaluation=evaluation, errors=None,
-        calibration=_read_json(folder / "calibration.json") if (folder / "calibration.json").is_file() else None,
+        calibration=read_json_object(folder / "calibration.json") if (folder / "calibration.json").is_file() else None,
         other_evals=[p.stem for p in evals[1:]],
     )
     _add_missing(material, evals[0], top_errors)

@@ -170,3 +170,15 @@ def prepare_output_dir(path: Union[str, Path, None], overwrite: bool = False) ->
         )
     check_writable(out)
     return out
+
+
+def read_json_object(path: Union[str, Path]) -> dict[str, Any]:
+    """A JSON file holding an object (a run's metrics, an evaluation report), or a one-line error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: not a JSON object")
+    return data

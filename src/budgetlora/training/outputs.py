@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from budgetlora.config import RunConfig
-from budgetlora.core.files import atomic_write_json, atomic_write_text
+from budgetlora.core.files import atomic_write_json, atomic_write_text, read_json_object
 from budgetlora.errors import RunDirError
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,7 @@ def read_metrics_file(run_dir: Union[str, Path]) -> dict[str, Any]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir}: not a finished budgetlora run (no {METRICS_FILE})")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"{path}: unreadable ({e})") from None
-    if not isinstance(d, dict):
-        raise RunDirError(f"{path}: unreadable (not a JSON object)")
-    return d
+    return read_json_object(path)
 
 
 class JsonlLog:
