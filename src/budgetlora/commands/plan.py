@@ -106,7 +106,7 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         head_line,
         f"budget: fewer than {budget:,} trainable parameters; {len(candidates)} of {tried} placements fit "
         f"(each at the largest r <= {MAX_RANK} that fits); "
-        + (f"top {len(shown)} by score:" if len(shown) < len(candidates) else "all, by score:"),
+        + (f"top {len(shown)}" if len(shown) < len(candidates) else "all") + ", the linear head's first, then by score:",
         "",
         line(rows[0]),
     ]
