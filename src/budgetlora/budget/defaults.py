@@ -16,7 +16,8 @@ import copy
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Optional
 
-from budgetlora.budget.estimate import describe_model
+from budgetlora.budget.counting import check_budget
+from budgetlora.budget.estimate import describe_model, estimate
 from budgetlora.budget.planner import RANK_HALF_CREDIT, Candidate, plan
 from budgetlora.config import LoraConfig, RunConfig, flag_value
 from budgetlora.errors import BudgetError
@@ -98,11 +99,13 @@ def choose_defaults(cfg: RunConfig, hf_config: Any, num_labels: int, unset: Unse
     if not unset.adapter:
         return cfg, None
     candidates, _ = plan(hf_config, cfg.budget, num_labels)
-    if not candidates:
-        raise BudgetError(
-            f"no adapter configuration of this model has fewer than {cfg.budget:,} trainable parameters; "
-            "raise --budget, or give the adapter yourself (`budgetlora plan --explain` counts one)"
-        )
+    if not candidates:  # say what the plain settings would need, with check_budget's advice
+        try:
+            check_budget(estimate(cfg, hf_config, num_labels), cfg.budget)
+        except BudgetError as e:
+            raise BudgetError(f"no adapter configuration the planner tries fits under the budget of {cfg.budget:,}; "
+                              f"the plain settings: {e}") from None
+        return cfg, None
     best = candidates[0]
     out = copy.deepcopy(cfg)
     out.model.head = best.head

@@ -97,5 +97,20 @@ def test_resolution_is_a_copy_and_refuses_a_budget_nothing_fits(tiny_model_dir):
     assert choice is not None and cfg.lora == RunConfig().lora and chosen.lora.r == choice.candidate.r
     assert choose_defaults(cfg, hf_config, 4, Unset()) == (cfg, None)
     cfg.budget = 10
-    with pytest.raises(BudgetError, match="raise --budget"):
+    with pytest.raises(BudgetError, match="no adapter configuration the planner tries fits.*lora_A"):
         choose_defaults(cfg, hf_config, 4, Unset(adapter=True, lr=True))
+
+
+def test_the_plan_follows_the_budget(tiny_model_dir):
+    from budgetlora.budget import estimate
+
+    hf_config = load_config_only(str(tiny_model_dir), 4)
+    counts = []
+    for budget in (500, 5_000, 50_000):
+        cfg = RunConfig()
+        cfg.budget = budget
+        chosen, choice = choose_defaults(cfg, hf_config, 4, Unset(adapter=True, lr=True))
+        assert choice.candidate == plan(hf_config, budget, 4)[0][0]
+        counts.append(estimate(chosen, hf_config, 4).total)
+        assert counts[-1] == choice.candidate.trainable_params < budget
+    assert counts == sorted(counts) and counts[0] < counts[-1]  # a larger budget is spent, not ignored
