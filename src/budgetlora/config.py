@@ -32,7 +32,7 @@ LORA_INITS = ("true", "gaussian", "pissa", "olora", "eva", "orthogonal", "loftq"
 POOLINGS = ("first", "mean")
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers `--report-to` can send a run to
 # Parameter-efficient methods (`--method`); docs/METHODS.md compares them at equal budgets.
-METHODS = ("lora", "dora", "rslora", "vera", "fourierft", "lokr", "loha", "ia3", "adalora", "bias", "layernorm", "prompt")
+METHODS = ("lora", "dora", "rslora", "vera", "fourierft", "lokr", "loha", "ia3", "adalora", "bias", "layernorm", "prompt", "full")
 LORA_FAMILY = ("lora", "dora", "rslora")
 QUANTIZATIONS = ("4bit", "8bit")
 
@@ -259,8 +259,10 @@ class AdapterConfig:
         "loha (Hadamard product of two low-rank updates), ia3 (trained scaling of activations), adalora "
         "(LoRA whose ranks are pruned from --adalora-init-r towards --adalora-target-r while training), "
         "bias (BitFit: only the biases train), layernorm (only the LayerNorms train) or prompt (prompt "
-        "tuning: trained virtual tokens before the text). The head trains whole with every method. "
-        "bias, layernorm and prompt ignore --target-modules. docs/METHODS.md compares them.",
+        "tuning: trained virtual tokens before the text), or full (full fine-tuning: every parameter trains, "
+        "the reference the others are measured against; it needs a --budget above the model's size). The head "
+        "trains whole with every method. bias, layernorm, prompt and full ignore --target-modules. "
+        "docs/METHODS.md compares them.",
         default="lora",
     )
     vera_r: int = _help(

@@ -105,12 +105,16 @@ _METHOD_KNOBS = {
 }
 
 
-def check_budget(breakdown: Breakdown, budget: int) -> None:
+def check_budget(breakdown: Breakdown, budget: int, method: str = "lora") -> None:
     """Refuse a configuration that is not strictly under the budget, in one line that says what
     takes the room and what to change."""
     total = breakdown.total
     if total < budget:
         return
+    if method == "full":  # nothing to shrink: the budget itself is what a reference run changes
+        raise BudgetError(f"full fine-tuning trains all {total:,} parameters, not under the budget of {budget:,}; "
+                          f"pass --budget {total + 1} or more for this reference run, or choose a "
+                          f"parameter-efficient --method (see `budgetlora plan --budget {budget}`)")
     over = total - budget + 1
     hints: list[tuple[int, str]] = []
     lora = breakdown.lora_A + breakdown.lora_B

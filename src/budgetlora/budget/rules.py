@@ -78,7 +78,7 @@ def analyse(run: RunConfig, inv: Inventory) -> Analysis:
     method = resolved_method(run)
     save = modules_to_save(run, inv.head_names, inv.model_type)
     guards, wrapped = _saved_whole(save, inv)
-    if method in ("bias", "prompt"):  # nothing is adapted: every bias, or virtual tokens
+    if method in ("bias", "prompt", "full"):  # nothing is adapted: every bias, virtual tokens, or everything
         return Analysis(_whole_model_count(run, method, inv, wrapped), [], wrapped)
     matches = _norm_matcher(inv) if method == "layernorm" else _target_matcher(run, inv)
     _check_rank_patterns(run.lora)
@@ -113,13 +113,19 @@ def _norm_matcher(inv: Inventory) -> Callable[[str], bool]:
 
 
 def _whole_model_count(run: RunConfig, method: str, inv: Inventory, wrapped: list[str]) -> Breakdown:
-    """BitFit: every bias outside the head, which trains whole. Prompt tuning: the virtual tokens'
-    embeddings (num_virtual_tokens x the word embeddings' width) and the head."""
+    """BitFit: every bias outside the head, which trains whole. Full fine-tuning: every parameter
+    (weights under `other`). Prompt tuning: the virtual tokens' embeddings (num_virtual_tokens x
+    the word embeddings' width) and the head."""
     out = Breakdown()
     _add_wrapped(out, inv, wrapped)
-    if method == "bias":
+    if method in ("bias", "full"):
         wrapped_set = set(wrapped)
-        out.bias += sum(m.bias for m in inv.modules if _wrapper_of(m.name, wrapped_set) is None)
+        outside = [m for m in inv.modules if _wrapper_of(m.name, wrapped_set) is None]
+        out.bias += sum(m.bias for m in outside)
+        if method == "full":
+            if not inv.exact or any(m.kind == "other" for m in outside):
+                raise NeedsMeta("module kinds not certain")
+            out.other += sum(m.weight for m in outside)
         return out
     words = [m for m in inv.modules if m.kind == "embedding" and m.name.endswith("word_embeddings")]
     if len(words) != 1 or not inv.exact:

@@ -41,6 +41,7 @@ METHOD_INFO = {m.name: m for m in (
     MethodInfo("bias", "BitFit: only the biases train", False, True),
     MethodInfo("layernorm", "only the LayerNorms train", True, True),
     MethodInfo("prompt", "trained virtual tokens before the text", True, False),
+    MethodInfo("full", "full fine-tuning: every parameter trains", False, True),
 )}
 
 _BIAS_MODE = {"vera": "vera_only", "fourierft": "fourier_only"}  # peft's name for our lora_only
@@ -76,7 +77,8 @@ def describe_adapter(run: RunConfig) -> str:
     if method in own:
         return f"{own[method]}{', rsLoRA scaling' if method == 'dora' and lora.use_rslora else ''}, {where}"
     return {"bias": "BitFit (every bias of the encoder)", "layernorm": "LayerNorm tuning (every LayerNorm of the "
-            "encoder)", "prompt": f"prompt tuning, {a.num_virtual_tokens} virtual tokens"}[method]
+            "encoder)", "prompt": f"prompt tuning, {a.num_virtual_tokens} virtual tokens",
+            "full": "full fine-tuning (every parameter)"}[method]
 
 
 def norm_module_names(model: "nn.Module", head_modules: list[str]) -> list[str]:
@@ -180,10 +182,12 @@ def peft_method_config(run: RunConfig, head_modules: list[str], norm_names: list
 
 def attach_method(model: "nn.Module", run: RunConfig, head_modules: list[str]) -> "nn.Module":
     """The run's method on a built classifier: a peft model, or for `bias` the classifier itself
-    with only its biases and head left trainable."""
+    with only its biases and head left trainable, or for `full` the classifier with everything trainable."""
     method = resolved_method(run)
     if method == "bias":
         return train_biases_only(model, head_modules)
+    if method == "full":  # the reference line: nothing frozen, no peft wrapper
+        return model.requires_grad_(True)
     import peft
 
     norms = norm_module_names(model, head_modules) if method == "layernorm" else []

@@ -134,9 +134,9 @@ def write_outputs(out: Path, cfg: RunConfig, metrics: RunMetrics) -> None:
 
 def _direct_loading(cfg: RunConfig, out: Path) -> str:
     from budgetlora.config import resolved_method
-    from budgetlora.modeling import TRAINED_PARAMETERS
+    from budgetlora.modeling import METHOD_INFO, TRAINED_PARAMETERS
 
-    if resolved_method(cfg) == "bias":  # BitFit: no peft adapter, the trained tensors by name
+    if not METHOD_INFO[resolved_method(cfg)].peft:  # BitFit, full: no peft adapter, the trained tensors by name
         return (f"or on the base model built by `budgetlora.modeling.build_classifier`, load the trained tensors of "
                 f"`{out}/adapter/{TRAINED_PARAMETERS}` with `safetensors.torch.load_file` and "
                 "`base.load_state_dict(tensors, strict=False)`.")

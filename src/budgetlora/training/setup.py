@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from budgetlora import budget as budget_mod
-from budgetlora.config import RunConfig, TrainConfig
+from budgetlora.config import RunConfig, TrainConfig, resolved_method
 from budgetlora.core.device import resolve_precision
 from budgetlora.core.distributed import Processes
 from budgetlora.core.hub import load_hf_config, load_tokenizer
@@ -50,7 +50,7 @@ def check_budget_first(cfg: RunConfig) -> BudgetCheck:
     hf_config = load_hf_config(cfg.model, len(splits.label_names), splits.label_names)
     check_tokenizer_matches(tokenizer, hf_config, cfg.model.model)
     estimated = budget_mod.estimate(cfg, hf_config, len(splits.label_names))
-    budget_mod.check_budget(estimated, cfg.budget)
+    budget_mod.check_budget(estimated, cfg.budget, resolved_method(cfg))
     return BudgetCheck(splits.label_names, tokenizer, hf_config, estimated, splits)
 
 
@@ -100,7 +100,7 @@ def setup_model(cfg: RunConfig, checked: BudgetCheck) -> PreparedModel:
     base = build_classifier(cfg.model, len(checked.label_names), checked.label_names, hf_config=checked.hf_config)
     model = add_lora(base, cfg)
     measured = budget_mod.count_trainable(model)
-    budget_mod.check_budget(measured, cfg.budget)
+    budget_mod.check_budget(measured, cfg.budget, resolved_method(cfg))
     if measured.total != checked.estimated.total:
         log.warning("planned %d trainable parameters, measured %d; the measured count is used",
                     checked.estimated.total, measured.total)

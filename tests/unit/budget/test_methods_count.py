@@ -25,7 +25,7 @@ OWN_KINDS = {
     "lora": {"lora_A", "lora_B"}, "rslora": {"lora_A", "lora_B"}, "dora": {"lora_A", "lora_B", "dora_magnitude"},
     "adalora": {"lora_A", "lora_B", "adalora_E"}, "vera": {"vera_lambda"}, "fourierft": {"fourier_spectrum"},
     "lokr": {"kronecker"}, "loha": {"hadamard"}, "ia3": {"ia3_scale"}, "layernorm": {"layernorm"},
-    "prompt": {"prompt"}, "bias": {"bias"},
+    "prompt": {"prompt"}, "bias": {"bias"}, "full": {"other"},
 }
 TAKES_BIAS = {"lora", "dora", "rslora", "adalora", "vera", "fourierft"}
 TAKES_LAYERS = TAKES_BIAS | {"lokr", "loha"}
@@ -34,7 +34,7 @@ TAKES_LAYERS = TAKES_BIAS | {"lokr", "loha"}
 @st.composite
 def method_settings(draw, arch: str, num_layers: int, method: str) -> dict:
     d: dict = {"method": method, "head": draw(st.sampled_from(["default", "linear"]))}
-    if method not in ("bias", "layernorm", "prompt"):
+    if method not in ("bias", "layernorm", "prompt", "full"):
         if draw(st.integers(0, 3)) == 0:
             d["target_modules"] = "all-linear"
         else:
@@ -154,3 +154,12 @@ def test_budget_advice_names_the_method_knob():
     with pytest.raises(BudgetError, match="--adalora-init-r") as err:
         check_budget(Breakdown(lora_A=500, lora_B=500, adalora_E=30), 1_000)
     assert "a smaller --r," not in str(err.value)
+
+
+def test_full_fine_tuning_over_budget_says_to_raise_the_budget():
+    from budgetlora.budget.counting import Breakdown, check_budget
+    from budgetlora.errors import BudgetError
+
+    with pytest.raises(BudgetError, match=r"full fine-tuning trains all 1,000 parameters.*pass --budget 1001 or more"):
+        check_budget(Breakdown(other=900, head=100), 1000, "full")
+    check_budget(Breakdown(other=900, head=100), 1001, "full")
