@@ -26,7 +26,12 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             known = {o for p in _all_parsers(self) for o in p._option_string_actions}
             typos = [a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("--")]
-            close = [m for m in (closest_match(a, known) for a in typos) if m]
+            # argparse reports a subcommand's unknown flag from the top parser, which sees every
+            # command's flags: an exact match is a flag of another command, not a typo.
+            elsewhere = [a for a in typos if a in known]
+            close = [m for m in (closest_match(a, known) for a in typos if a not in known) if m]
+            if elsewhere:
+                message += f" ({', '.join(elsewhere)}: not an option of this command)"
             if close:
                 message += f" (did you mean {', '.join(close)}?)"
         self.exit(2, f"budgetlora: error: {message}; see `{self.prog} --help`\n")

@@ -267,3 +267,14 @@ def test_plan_fits_virtual_tokens_into_the_position_embeddings():
     assert count_trainable(model) == c.breakdown and c.breakdown.prompt == c.size * 32
     with pytest.raises(ConfigError, match="exceed the 180 positions"):
         estimate(dataclasses.replace(c, size=c.size + 1).run_config(), cfg, 4)
+
+
+def test_a_flag_of_another_command_is_not_called_a_typo(tiny_config_dir, capsys):
+    # --head is train's flag: suggesting "--head" for "--head" would send the user in a circle
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", "--model", tiny_config_dir, "--head", "linear"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--head: not an option of this command" in err and "did you mean" not in err
+    with pytest.raises(SystemExit):
+        main(["plan", "--model", tiny_config_dir, "--buget", "3"])
+    assert "did you mean --budget?" in capsys.readouterr().err
