@@ -12,8 +12,9 @@ from budgetlora.budget import count_on_meta, count_trainable, estimate, load_con
 from budgetlora.cli import build_parser, config_overrides, main
 from budgetlora.config import load_config
 from budgetlora.modeling import add_lora, build_classifier_from_config, module_inventory
-from budgetlora.commands.plan import (
-    DEFAULT_BUDGET, PLAN_METHODS, SIZES, Candidate, _run_config, layer_subsets, plan, score, target_modules_for,
+from budgetlora.budget.planner import (
+    DEFAULT_BUDGET, PLAN_METHODS, SIZES, Candidate, layer_subsets, lora_run_config, plan, score,
+    target_modules_for,
 )
 from budgetlora.errors import ConfigError
 from conftest import shared_path
@@ -68,7 +69,7 @@ def test_target_sets_select_exactly_their_role(arch, head):
     for role, names in inv.roles.items():
         for layers in layer_subsets(inv.num_layers):
             targets = target_modules_for(inv, role, layers)
-            adapted = {a.name for a in analyse(_run_config(head, targets, layers, 2, False), inv).adapted}
+            adapted = {a.name for a in analyse(lora_run_config(head, targets, layers, 2, False), inv).adapted}
             if role == "all" and layers is None:
                 assert targets == "all-linear" and adapted == outside_head
                 continue
