@@ -9,7 +9,8 @@ the count strictly under the budget; smaller sizes of the same placement are not
 only give capacity away. Counts come from `budget.estimate`'s analytic replay of peft, so
 planning needs the model config only (no weights) and takes well under a second per method.
 
-Ranking (documented in docs/BUDGET.md): score = coverage x r / (r + 4), where coverage is the
+Ranking (documented in docs/BUDGET.md): the linear head's candidates first (measured, see
+`rank`), then by score = coverage x r / (r + 4), where coverage is the
 share of the encoder's linear layers that get an adapter ('all-linear' = 1). Spreading LoRA
 over more weight matrices beats a higher rank on fewer (Hu et al. 2021, table 5; QLoRA), and
 returns in r flatten quickly (Hu et al. table 6), which r / (r + 4) models: r=4 earns half
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from budgetlora.budget.counting import Breakdown
 from budgetlora.budget.estimate import count_on_meta, inventory_from_model
@@ -274,14 +275,22 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4,
                 made = _fill(method, head, place, inv, budget, n_all, hf_config, num_labels)
                 if made is not None and made[0] not in found:
                     found[made[0]] = made[1]
-    ranked = sorted(
-        found.values(),
-        # Ties: plain LoRA before DoRA (same rank, cheaper steps on a CPU) and the other methods,
-        # then the fuller budget.
-        key=lambda c: (-round(c.score, 9), PLAN_METHODS.index(c.method), -c.trainable_params, c.head,
-                       ROLES.index(c.role) if c.role in ROLES else len(ROLES)),
-    )
-    return ranked, tried
+    return rank(found.values()), tried
+
+
+def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Best first: the linear head's candidates, then each head's by score.
+
+    The linear head first whatever the score: measured on MiniLM before the planner listed other
+    methods (`plan --measure 8`, docs/BUDGET.md), every LoRA candidate with BERT's default head (a
+    classifier on the frozen pooler) scored 12-15 points below every one with the linear head at
+    the same coverage, while the score, blind to the head where both cost the same, ranked two of
+    them 2nd and 3rd. Ties: plain LoRA before DoRA (same rank, cheaper steps on a CPU) and the
+    other methods, then the fuller budget.
+    """
+    return sorted(candidates, key=lambda c: (c.head != "linear", -round(c.score, 9), PLAN_METHODS.index(c.method),
+                                             -c.trainable_params, c.head,
+                                             ROLES.index(c.role) if c.role in ROLES else len(ROLES)))
 
 
 def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int, n_all: int, hf_config: Any,

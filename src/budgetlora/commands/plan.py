@@ -82,7 +82,7 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         f"budget: fewer than {budget:,} trainable parameters; {len(candidates)} of {tried} placements fit "
         f"(each at the largest size that fits: r <= {MAX_RANK}, VeRA r <= {SIZES['vera'][1]}, FourierFT "
         f"n <= {SIZES['fourierft'][1]}, tokens <= {SIZES['prompt'][1]}); "
-        + (f"top {len(shown)} by score:" if len(shown) < len(candidates) else "all, by score:"),
+        + (f"top {len(shown)}" if len(shown) < len(candidates) else "all") + ", the linear head's first, then by score:",
         "",
         line(rows[0]),
     ]
