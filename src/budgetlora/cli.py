@@ -53,11 +53,16 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from budgetlora.budget.defaults import unset_settings
     from budgetlora.training.trainer import config_for_train, train
 
     setup_logging()
-    cfg = config_for_train(ns.config, config_overrides(ns), ns.resume)
-    m = train(cfg, command="budgetlora " + shlex.join(ns._argv), resume=bool(ns.resume))  # _argv starts with "train"
+    overrides = config_overrides(ns)
+    cfg = config_for_train(ns.config, overrides, ns.resume)
+    # No recipe and no adapter flag: train spends the budget as `plan` advises (budget.defaults).
+    unset = unset_settings(overrides, recipe=bool(ns.config or ns.resume))
+    m = train(cfg, command="budgetlora " + shlex.join(ns._argv), resume=bool(ns.resume),  # _argv starts with "train"
+              unset=unset)
     print(f"best validation accuracy {m.best_eval_accuracy:.4f} (step {m.best_step}), "
           f"{m.trainable_params:,} trainable params < budget {m.budget:,}, "
           f"{m.train_samples_per_second:.1f} samples/s")
