@@ -126,10 +126,19 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
+    from budgetlora.commands.measure import MeasureSettings
     from budgetlora.commands.plan import plan_command
 
+    settings = None
+    if ns.measure:
+        setup_logging()  # the brief runs log as `train` does
+        if ns.train_file:
+            settings = MeasureSettings(ns.train_file, rows=ns.measure_rows, eval_rows=ns.measure_eval_rows,
+                                       seed=ns.seed, out_dir=ns.measure_dir,
+                                       **({"lr": ns.measure_lr} if ns.measure_lr is not None else {}))
     print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain,
-                       methods=ns.method))
+                       methods=ns.method, measure=ns.measure, measure_settings=settings,
+                       progress=lambda msg: print(f"plan --measure: {msg}", file=sys.stderr, flush=True)))
     return 0
 
 
@@ -279,6 +288,19 @@ def _add_study_commands(sub: Any) -> None:
     pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
     pl.add_argument("--method", metavar="NAMES", help="Only these methods, comma-separated (default: all of "
                     "lora, dora, adalora, vera, fourierft, lokr, loha, ia3, bias, layernorm, prompt).")
+    pl.add_argument("--measure", type=int, default=0, metavar="K",
+                    help="Train the first K candidates briefly (successive halving on the validation split) and "
+                         "print the measured ranking beside the planner's; needs --train-file and the model's weights.")
+    pl.add_argument("--train-file", metavar="FILE", help="Labelled rows for --measure (validation is carved from them).")
+    pl.add_argument("--measure-rows", type=int, default=256, metavar="N",
+                    help="Training rows of --measure's first round (doubled each round; default 256).")
+    pl.add_argument("--measure-eval-rows", type=int, default=500, metavar="N",
+                    help="Validation rows every --measure round is scored on (default 500).")
+    pl.add_argument("--measure-lr", type=float, default=None, metavar="LR",
+                    help="Learning rate of every --measure run (default: the one train's defaults give the planned "
+                         "LoRA adapter, 2e-3).")
+    pl.add_argument("--measure-dir", metavar="DIR", help="Folder for --measure's runs (default: a new temporary one).")
+    pl.add_argument("--seed", type=int, default=42, metavar="N", help="Seed of --measure's split and runs.")
 
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")

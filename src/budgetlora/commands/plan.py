@@ -1,5 +1,7 @@
 """`budgetlora plan`: the adapter configurations that fit a budget, best first (the planner itself
-is `budget.planner`, which `train` uses too), and `--explain` for one configuration's count.
+is `budget.planner`, which `train` uses too), `--explain` for one configuration's count, and
+`--measure K`, which trains the first K briefly and ranks them by validation accuracy beside the
+planner's ranking (commands.measure).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any, Optional
 
 from budgetlora.budget import Analysis, NeedsMeta, analyse, check_budget, describe_model, estimate, load_config_only
 from budgetlora.budget.planner import MAX_RANK, RANK_HALF_CREDIT, SIZES, WHOLE_MODEL, Candidate, plan
+from budgetlora.commands.measure import MeasureSettings, Progress, format_measurement
+from budgetlora.commands.measure import measure as run_measure
 from budgetlora.config import DEFAULT_BUDGET, RunConfig, resolved_method
 from budgetlora.errors import BudgetError, ConfigError
 from budgetlora.flags import add_train_arguments, config_overrides
@@ -31,19 +35,30 @@ def plan_command(
     as_json: bool = False,
     explain: Optional[str] = None,
     methods: Optional[str] = None,
+    measure: int = 0,
+    measure_settings: Optional[MeasureSettings] = None,
+    progress: Optional[Progress] = None,
 ) -> str:
-    """Text (or JSON) for `budgetlora plan`; `methods`: a comma-separated subset of PLAN_METHODS."""
+    """Text (or JSON) for `budgetlora plan`; `methods`: a comma-separated subset of PLAN_METHODS.
+    With `measure` K > 0 the first K candidates are also trained briefly and ranked by validation
+    accuracy beside the planner's ranking (commands.measure; `measure_settings` says on what)."""
     if labels < 1:
         raise ConfigError(f"labels: need at least one class, got {labels}")
+    if measure and measure_settings is None:
+        raise ConfigError("plan --measure: give --train-file FILE (the model folder must hold weights too)")
     hf_config = load_config_only(model, labels)
     if explain is not None:
         return explain_flags(model, hf_config, explain, budget, labels)
     budget = DEFAULT_BUDGET if budget is None else budget
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     candidates, tried = plan(hf_config, budget, labels, chosen)
+    measured = run_measure(model, candidates, measure, budget, measure_settings, progress) if measure else None
     if as_json:
-        return json.dumps([c.as_json(model, budget) for c in candidates], indent=2)
-    return format_table(model, hf_config, candidates, tried, budget, labels, top)
+        listed = [c.as_json(model, budget) for c in candidates]
+        return json.dumps(listed if measured is None else {"candidates": listed, "measured": measured.as_json()},
+                          indent=2)
+    text = format_table(model, hf_config, candidates, tried, budget, labels, top)
+    return text if measured is None else "\n".join([text, *format_measurement(measured)])
 
 
 def _layers_text(layers: Optional[list[int]]) -> str:
