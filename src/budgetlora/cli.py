@@ -148,7 +148,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     print(bench_command(
         ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
         output_dir=ns.output_dir, as_json=ns.json, sweep=ns.sweep, sweep_lengths=ns.sweep_lengths,
-        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, argv=ns._argv,
+        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, eval_every=ns.eval_every,
+        argv=ns._argv,
         progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     ))
     return 0
@@ -341,6 +342,8 @@ def _add_bench_command(sub: Any) -> None:
     b.add_argument("--json", action="store_true", help="Print the full results as JSON.")
     b.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="Run the pair N times, the order alternating; report the medians of the paired ratios (for a machine whose speed drifts).")
+    b.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="Steps between the evaluations of the time-to-accuracy run (`budgetlora train` with its defaults); default: about ten in the epoch.")
     b.add_argument("--sweep", action="store_true", help="Instead: time budgetlora's training loop over sequence lengths and row counts, with a plot.")
     b.add_argument("--sweep-lengths", type=_int_list, default=[32, 64, 128, 256], metavar="T,T,...", help="Sequence lengths of the sweep.")
     b.add_argument("--sweep-rows", type=_int_list, default=[256, 512, 1024], metavar="N,N,...", help="Row counts of the sweep.")
