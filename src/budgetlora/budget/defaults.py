@@ -98,7 +98,7 @@ class Choice:
             f"no adapter settings given: spending the budget as `budgetlora plan --method "
             f"{','.join(DEFAULT_METHODS)}` advises: {c.head} head, {c.method} {c.size_text}{alpha} on "
             f"{c.targets_text} ({layers}), {c.trainable_params:,} trainable of < {self.budget:,}; {lr}; "
-            f"LoRA dropout {flag_value(self.lora_dropout)}. Why: the planner's first of {self.alternatives} candidates for "
+            f"LoRA dropout {self.lora_dropout:g}. Why: the planner's first of {self.alternatives} candidates for "
             f"{self.model_text} (the linear head first, then score {c.score:.3f} = coverage {c.coverage:.2f} "
             f"x r/(r+{RANK_HALF_CREDIT}); see docs/BUDGET.md). The same with flags: " + " ".join(self.flags())
         )
