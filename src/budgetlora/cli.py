@@ -239,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_commands(sub: Any) -> None:
     """train, evaluate, predict, export: the commands that make or use one model."""
-    t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
+    t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.",
+                       description="With no recipe and no adapter flag (--method, --head, a LoRA setting but "
+                                   "--lora-dropout, or another method's setting), the head and adapter are chosen for "
+                                   "--budget as `budgetlora plan --method lora` advises, with the planned adapter's learning rate "
+                                   "(docs/BUDGET.md) unless --lr is given; "
+                                   "the first log line names them. Otherwise the defaults below apply.")
     add_train_arguments(t)
 
     e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores, confusion matrix, calibration (ECE, NLL) and the misclassified rows of a run.")
