@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 from budgetlora.budget.counting import check_budget
 from budgetlora.budget.estimate import describe_model, estimate
 from budgetlora.budget.planner import RANK_HALF_CREDIT, Candidate, plan
-from budgetlora.config import AdapterConfig, LoraConfig, RunConfig, flag_value
+from budgetlora.config import AdapterConfig, LoraConfig, RunConfig, flag_value, resolved_method
 from budgetlora.errors import BudgetError, ConfigError
 
 # The methods the defaults choose among: plain LoRA only, for now. The planner lists every method,
@@ -116,7 +116,7 @@ def choose_defaults(cfg: RunConfig, hf_config: Any, num_labels: int, unset: Unse
         candidates = []
     if not candidates:  # say what the plain settings would need, with check_budget's advice
         try:
-            check_budget(estimate(cfg, hf_config, num_labels), cfg.budget)
+            check_budget(estimate(cfg, hf_config, num_labels), cfg.budget, resolved_method(cfg))
         except BudgetError as e:
             raise BudgetError(f"no adapter configuration the planner tries fits under the budget of {cfg.budget:,}; "
                               f"the plain settings: {e}") from None
