@@ -53,11 +53,16 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
+    from budgetlora.budget.defaults import unset_settings
     from budgetlora.training.trainer import config_for_train, train
 
     setup_logging()
-    cfg = config_for_train(ns.config, config_overrides(ns), ns.resume)
-    m = train(cfg, command="budgetlora " + shlex.join(ns._argv), resume=bool(ns.resume))  # _argv starts with "train"
+    overrides = config_overrides(ns)
+    cfg = config_for_train(ns.config, overrides, ns.resume)
+    # No recipe and no adapter flag: train spends the budget as `plan` advises (budget.defaults).
+    unset = unset_settings(overrides, recipe=bool(ns.config or ns.resume))
+    m = train(cfg, command="budgetlora " + shlex.join(ns._argv), resume=bool(ns.resume),  # _argv starts with "train"
+              unset=unset)
     print(f"best validation accuracy {m.best_eval_accuracy:.4f} (step {m.best_step}), "
           f"{m.trainable_params:,} trainable params < budget {m.budget:,}, "
           f"{m.train_samples_per_second:.1f} samples/s")
@@ -121,10 +126,19 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
+    from budgetlora.commands.measure import MeasureSettings
     from budgetlora.commands.plan import plan_command
 
+    settings = None
+    if ns.measure:
+        setup_logging()  # the brief runs log as `train` does
+        if ns.train_file:
+            settings = MeasureSettings(ns.train_file, rows=ns.measure_rows, eval_rows=ns.measure_eval_rows,
+                                       seed=ns.seed, out_dir=ns.measure_dir,
+                                       **({"lr": ns.measure_lr} if ns.measure_lr is not None else {}))
     print(plan_command(ns.model, budget=ns.budget, labels=ns.labels, top=ns.top, as_json=ns.json, explain=ns.explain,
-                       methods=ns.method))
+                       methods=ns.method, measure=ns.measure, measure_settings=settings,
+                       progress=lambda msg: print(f"plan --measure: {msg}", file=sys.stderr, flush=True)))
     return 0
 
 
@@ -134,7 +148,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     print(bench_command(
         ns.model, ns.train_file, samples=ns.samples, eval_rows=ns.eval_rows, seed=ns.seed,
         output_dir=ns.output_dir, as_json=ns.json, sweep=ns.sweep, sweep_lengths=ns.sweep_lengths,
-        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, argv=ns._argv,
+        sweep_rows=ns.sweep_rows, matmul_n=ns.matmul_size, repeats=ns.repeats, eval_every=ns.eval_every,
+        argv=ns._argv,
         progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True),
     ))
     return 0
@@ -224,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_commands(sub: Any) -> None:
     """train, evaluate, predict, export: the commands that make or use one model."""
-    t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.")
+    t = sub.add_parser("train", help="Train a LoRA adapter + head under the budget.",
+                       description="With no recipe and no adapter flag (--method, --head, a LoRA setting but "
+                                   "--lora-dropout, or another method's setting), the head and adapter are chosen for "
+                                   "--budget as `budgetlora plan --method lora` advises, with the planned adapter's learning rate "
+                                   "(docs/BUDGET.md) unless --lr is given; "
+                                   "the first log line names them. Otherwise the defaults below apply.")
     add_train_arguments(t)
 
     e = sub.add_parser("evaluate", help="Accuracy, macro-F1, per-class scores, confusion matrix, calibration (ECE, NLL) and the misclassified rows of a run.")
@@ -274,6 +294,19 @@ def _add_study_commands(sub: Any) -> None:
     pl.add_argument("--explain", metavar="FLAGS", help="Breakdown of one configuration given as train flags.")
     pl.add_argument("--method", metavar="NAMES", help="Only these methods, comma-separated (default: all of "
                     "lora, dora, adalora, vera, fourierft, lokr, loha, ia3, bias, layernorm, prompt).")
+    pl.add_argument("--measure", type=int, default=0, metavar="K",
+                    help="Train the first K candidates briefly (successive halving on the validation split) and "
+                         "print the measured ranking beside the planner's; needs --train-file and the model's weights.")
+    pl.add_argument("--train-file", metavar="FILE", help="Labelled rows for --measure (validation is carved from them).")
+    pl.add_argument("--measure-rows", type=int, default=256, metavar="N",
+                    help="Training rows of --measure's first round (doubled each round; default 256).")
+    pl.add_argument("--measure-eval-rows", type=int, default=500, metavar="N",
+                    help="Validation rows every --measure round is scored on (default 500).")
+    pl.add_argument("--measure-lr", type=float, default=None, metavar="LR",
+                    help="Learning rate of every --measure run (default: the one train's defaults give the planned "
+                         "LoRA adapter, 2e-3).")
+    pl.add_argument("--measure-dir", metavar="DIR", help="Folder for --measure's runs (default: a new temporary one).")
+    pl.add_argument("--seed", type=int, default=42, metavar="N", help="Seed of --measure's split and runs.")
 
     se = sub.add_parser("search", help="Optuna search over a declared space; over-budget trials are pruned untrained.")
     se.add_argument("--space", required=True, metavar="FILE", help="Search space YAML (base recipe + space of settings).")
@@ -314,6 +347,8 @@ def _add_bench_command(sub: Any) -> None:
     b.add_argument("--json", action="store_true", help="Print the full results as JSON.")
     b.add_argument("--repeats", type=int, default=1, metavar="N",
                    help="Run the pair N times, the order alternating; report the medians of the paired ratios (for a machine whose speed drifts).")
+    b.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="Steps between the evaluations of the time-to-accuracy run (`budgetlora train` with its defaults); default: about ten in the epoch.")
     b.add_argument("--sweep", action="store_true", help="Instead: time budgetlora's training loop over sequence lengths and row counts, with a plot.")
     b.add_argument("--sweep-lengths", type=_int_list, default=[32, 64, 128, 256], metavar="T,T,...", help="Sequence lengths of the sweep.")
     b.add_argument("--sweep-rows", type=_int_list, default=[256, 512, 1024], metavar="N,N,...", help="Row counts of the sweep.")

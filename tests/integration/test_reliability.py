@@ -586,7 +586,8 @@ def test_bad_settings(tmp_path, refused):
         (["--batch-size", "2.5"], r"batch_size: '2\.5' is not a valid int"),
         (["--precision", "fp8"], "precision: 'fp8' is not a valid"),
         (["--keep-checkpoints", "0"], "keep_checkpoints: must be >= 1"),
-        (["--budget", "500"], "500"),  # over budget: refused before any weight is loaded
+        # over budget: refused before any weight is loaded (an adapter given: without one, train plans for 500)
+        (["--budget", "500", "--r", "8"], "500"),
     ]:
         refused(args, pattern)
 

@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from budgetlora.config import ModelConfig, RunConfig, model_num_layers, resolve_relative_layers
+from budgetlora.config import ModelConfig, RunConfig, model_num_layers, resolve_relative_layers, resolved_method
 from budgetlora.core.hub import load_hf_config, quiet_transformers, wrap_load_error
 from budgetlora.errors import ConfigError, ModelLoadError
+from budgetlora.modeling.fast_lora import use_fast_lora
 from budgetlora.modeling.fast_paths import first_token_last_layer, resolve_attn_implementation
 from budgetlora.modeling.head_specs import native_head, native_targets
 from budgetlora.modeling.native_head import init_native_head
@@ -252,10 +253,13 @@ def add_lora(model: nn.Module, run: RunConfig):
         if lora is not run.lora:
             run = copy.deepcopy(run)
             run.lora = lora
-        return attach_method(model, run, heads)
+        adapted = attach_method(model, run, heads)
     except (ValueError, TypeError) as e:
         # peft says "Target modules ... not found in the base model" for a typo in target_modules.
         raise ConfigError(f"target_modules/layers: {str(e).splitlines()[0]}") from None
+    if resolved_method(run) == "lora":  # plain LoRA's forward in fewer passes; other methods keep peft's
+        use_fast_lora(adapted)
+    return adapted
 
 
 def build_model(run: RunConfig, num_labels: int, label_names: Optional[list[str]] = None):

@@ -1,7 +1,8 @@
 """Everything the loop needs, built once before the first step. Each `setup_*` function takes only
 the settings it uses and returns a typed record:
 
-- `check_budget_first`: the model config alone, the budget counted before any weights load;
+- `check_budget_first`: the model config alone: settings left unset chosen for the budget
+  (budget.defaults), the budget counted before any weights load;
 - `setup_data`: the splits, tokenized once (cached), the teacher's logits for distillation;
 - `setup_model`: the pretrained encoder with its head and adapters, counted again, measured;
 - `setup_engine`: Accelerate, precision, loader, optimizer and schedule.
@@ -18,6 +19,7 @@ from typing import Any, Optional
 import torch
 
 from budgetlora import budget as budget_mod
+from budgetlora.budget.defaults import Choice, Unset, choose_defaults
 from budgetlora.config import RunConfig, TrainConfig, resolved_method
 from budgetlora.core.device import resolve_precision
 from budgetlora.core.distributed import Processes
@@ -33,8 +35,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BudgetCheck:
-    """The model config and the trainable parameters counted from it, before any weights load."""
+    """The model config and the trainable parameters counted from it, before any weights load;
+    `cfg` is the run's settings with those left unset chosen (`choice`, None when none were)."""
 
+    cfg: RunConfig
+    choice: Optional[Choice]
     label_names: list[str]
     tokenizer: Any
     hf_config: Any
@@ -42,16 +47,18 @@ class BudgetCheck:
     splits: Any  # data.Splits, kept for setup_data
 
 
-def check_budget_first(cfg: RunConfig) -> BudgetCheck:
-    """Read the data and the model config; refuse an over-budget configuration before anything
-    expensive (tokenizing, loading weights) happens."""
+def check_budget_first(cfg: RunConfig, unset: Unset = Unset()) -> BudgetCheck:
+    """Read the data and the model config; choose the settings left `unset` for this model, its
+    labels and the budget; refuse an over-budget configuration before anything expensive
+    (tokenizing, loading weights) happens."""
     splits = prepare_splits(cfg.data, cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model.model, cfg.model.trust_remote_code)
     hf_config = load_hf_config(cfg.model, len(splits.label_names), splits.label_names)
     check_tokenizer_matches(tokenizer, hf_config, cfg.model.model)
+    cfg, choice = choose_defaults(cfg, hf_config, len(splits.label_names), unset)
     estimated = budget_mod.estimate(cfg, hf_config, len(splits.label_names))
     budget_mod.check_budget(estimated, cfg.budget, resolved_method(cfg))
-    return BudgetCheck(splits.label_names, tokenizer, hf_config, estimated, splits)
+    return BudgetCheck(cfg, choice, splits.label_names, tokenizer, hf_config, estimated, splits)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from budgetlora.budget.defaults import Unset
 from budgetlora.config import RunConfig, load_config
 from budgetlora.core.device import machine_description
 from budgetlora.core.distributed import Processes
@@ -46,13 +47,15 @@ def oom_message(batch_size: int, grad_accum: int, eval_batch_size: int) -> str:
 
 
 def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False,
-          on_eval: Optional[OnEval] = None) -> RunMetrics:
+          on_eval: Optional[OnEval] = None, unset: Unset = Unset()) -> RunMetrics:
     """Train under the budget and write the run folder; returns the run's metrics.
 
     Under torchrun or `accelerate launch` every process calls it; the main process alone writes
     the run folder, and every process returns the same metrics or raises the same error.
     `on_eval(step, eval_accuracy)` is called after every evaluation; it may raise to stop the run
-    (`budgetlora search` raises optuna.TrialPruned there).
+    (`budgetlora search` raises optuna.TrialPruned there). `unset` names the settings the user left
+    to budgetlora (budget.defaults.unset_settings): they are chosen for the model and the budget
+    before anything is written, and config.yaml records the chosen values.
     """
     cfg.validate()
     procs = Processes.start()
@@ -61,7 +64,7 @@ def train(cfg: RunConfig, *, command: Optional[str] = None, resume: bool = False
     trackers = RunTrackers(cfg.train.report_to, Path(cfg.output_dir or "."))  # installed? before anything runs
     with run_folder(cfg, procs) as out:
         try:
-            run = setup(cfg, out, resume, procs, trackers)
+            run = setup(cfg, out, resume, procs, trackers, unset)
             fit(run, on_eval)
             return finalize(run, command)
         except torch.cuda.OutOfMemoryError:  # the step, the evaluation or the model's move to the GPU
@@ -92,17 +95,19 @@ def run_folder(cfg: RunConfig, procs: Processes = Processes()) -> Iterator[Path]
 
 
 def setup(cfg: RunConfig, out: Path, resume: bool, procs: Processes = Processes(),
-          trackers: Optional[RunTrackers] = None) -> Run:
+          trackers: Optional[RunTrackers] = None, unset: Unset = Unset()) -> Run:
     from accelerate.utils import set_seed
 
-    t = cfg.train
-    set_seed(t.seed)
+    set_seed(cfg.train.seed)
     if not resume:
         procs.main_first(lambda: ckpt.check_fresh_start(out, cfg.overwrite), lambda: None)
-    checked = check_budget_first(cfg)
+    checked = check_budget_first(cfg, unset)
+    cfg = checked.cfg  # with the settings left unset chosen: what trains, and what config.yaml says
+    if checked.choice is not None and procs.is_main:
+        log.info("%s", checked.choice.message())
     data = setup_data(cfg, checked, out / "cache", procs)
     model = setup_model(cfg, checked)
-    engine = setup_engine(t, model.model, data, procs)
+    engine = setup_engine(cfg.train, model.model, data, procs)
     hooks = setup_hooks(cfg, engine.unwrapped(), engine.total_steps)
     if not resume and procs.is_main:  # every input is known good now: only then replace anything
         ckpt.clear_previous_run(out)

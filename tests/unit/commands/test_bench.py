@@ -105,6 +105,38 @@ def test_bench_runs_both_pipelines_and_reports_ratios(bench_bert, tmp_path, caps
     assert set(rep["targets"]) >= {"train_samples_per_second_ratio_at_least_8", "accuracy_not_lower"}
     assert rep["peaks"]["bf16_flops_per_second"] > 0 and rep["peaks"]["fp32_flops_per_second"] > 0
     assert rep["command"].startswith("budgetlora bench --model")
+    _check_time_to_accuracy(rep, bench_bert)
+
+
+def _check_time_to_accuracy(rep, model_dir):
+    """The whole `budgetlora train` command with its defaults on the same rows: its evaluations in
+    time order, the first one at the notebook's final accuracy, both final accuracies."""
+    from budgetlora.budget import load_config_only
+    from budgetlora.budget.defaults import DEFAULT_METHODS
+    from budgetlora.budget.planner import plan
+
+    t, ours = rep["time_to_accuracy"], rep["defaults_command"]
+    a = rep["reference"]
+    assert t["target_accuracy"] == t["reference_final_accuracy"] == a["eval_accuracy"]
+    assert 0 < t["reference_seconds"]
+    evals = ours["evaluations"]
+    assert len(evals) >= 2 and all(0 < e["seconds"] <= ours["whole_command_s"] for e in evals)
+    assert [e["seconds"] for e in evals] == sorted(e["seconds"] for e in evals)
+    assert all(e["step"] % ours["eval_every"] == 0 for e in evals[:-1])  # the last: the epoch's end
+    reached = [e for e in evals if e["eval_accuracy"] >= t["target_accuracy"]]
+    if reached:
+        assert (t["budgetlora_seconds"], t["budgetlora_step"]) == (reached[0]["seconds"], reached[0]["step"])
+        assert t["ratio"] == pytest.approx(t["reference_seconds"] / t["budgetlora_seconds"])
+    else:
+        assert t["budgetlora_seconds"] is None and t["ratio"] is None
+    assert t["budgetlora_final_accuracy"] == evals[-1]["eval_accuracy"]
+    assert t["final_accuracy_difference"] == pytest.approx(t["budgetlora_final_accuracy"] - t["reference_final_accuracy"])
+    # no recipe, no adapter flag: the planner's first choice trained
+    best = plan(load_config_only(str(model_dir), 4), rep["budget"], 4, DEFAULT_METHODS)[0][0]
+    assert (ours["chosen"]["method"], ours["chosen"]["head"], ours["chosen"]["r"], ours["trainable_params"]) == (
+        best.method, best.head, best.r, best.trainable_params)
+    assert "--r" not in ours["command"] and "--config" not in ours["command"]
+    assert set(rep["targets"]) >= {"time_to_accuracy_ratio_at_least_20", "defaults_final_accuracy_at_least_5_points_higher"}
 
 
 def test_bench_repeats_alternate_the_order_and_report_the_paired_medians(bench_bert, tmp_path, capsys):
@@ -115,6 +147,7 @@ def test_bench_repeats_alternate_the_order_and_report_the_paired_medians(bench_b
     assert rc == 0
     text = capsys.readouterr().out
     assert "repeat 1 (reference first)" in text and "repeat 2 (budgetlora first)" in text
+    assert "time to the notebook's final accuracy" in text and "the defaults chose:" in text
     rep = json.loads((out / "bench.json").read_text())
     assert rep["repeats"] == 2 and [p["order"][0] for p in rep["pairs"]] == ["reference", "budgetlora"]
     for k in (1, 2):  # each repeat's full results in its own folder
@@ -123,6 +156,8 @@ def test_bench_repeats_alternate_the_order_and_report_the_paired_medians(bench_b
     paired = [p["budgetlora"]["train_samples_per_second"] / p["reference"]["train_samples_per_second"] for p in rep["pairs"]]
     assert rep["ratios"]["train_samples_per_second"] == pytest.approx(sum(paired) / 2)  # median of two
     assert rep["budgetlora"]["train_samples"] == 32  # counts stay counts
+    for k, p in enumerate(rep["pairs"], 1):  # each repeat ran the defaults command too
+        assert (out / f"repeat-{k}" / "budgetlora-defaults-run" / "config.yaml").is_file()
 
 
 def test_combine_pairs_takes_medians_and_keeps_what_does_not_vary():
@@ -179,3 +214,20 @@ def test_timed_commands_get_the_environment_the_bench_started_with(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     env = processes.child_env()
     assert "TOKENIZERS_PARALLELISM" not in env and env["PATH"] == "/usr/bin"
+
+
+def test_eval_clock_reads_whole_records_as_the_log_grows(tmp_path):
+    from budgetlora.commands.bench.tta import EvalClock
+
+    log = tmp_path / "log.jsonl"
+    clock = EvalClock(log)
+    clock()  # no log yet
+    log.write_text('{"step": 1, "loss": 0.9}\n{"step": 2, "eval_accuracy": 0.5')  # the second half written
+    clock()
+    assert clock.evals == []
+    with open(log, "a") as f:
+        f.write(', "eval_loss": 1.0}\n{"step": 4, "eval_accuracy": 0.75}\n')
+    clock()
+    clock()  # nothing new: nothing counted twice
+    assert [r["step"] for _, r in clock.evals] == [2, 4]
+    assert clock.evals[0][0] <= clock.evals[1][0]

@@ -135,7 +135,7 @@ def test_unsupported_architectures_are_one_line_config_errors(model_type):
 
 @pytest.mark.parametrize("arch", ["roberta", "distilbert"])
 def test_plan_prices_native_heads_where_the_architecture_has_one(arch):
-    from budgetlora.commands.plan import plan
+    from budgetlora.budget.planner import plan
 
     hf_config = tiny_config(arch)
     candidates, _ = plan(hf_config, budget=20_000, num_labels=4)

@@ -97,7 +97,7 @@ def test_finished_run_is_not_overwritten(tmp_path, tiny_model_dir, tiny_train_cs
 
 def test_over_budget_is_refused_before_training_with_breakdown(tmp_path, tiny_model_dir, tiny_train_csv, capsys):
     args = ["train", "--model", str(tiny_model_dir), "--train-file", str(tiny_train_csv),
-            "--output-dir", str(tmp_path / "run"), "--budget", "500"]
+            "--output-dir", str(tmp_path / "run"), "--budget", "500", "--r", "8"]  # an adapter given: not planned
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

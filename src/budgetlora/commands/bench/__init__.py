@@ -11,6 +11,8 @@ other, each in its own Python process (so peak memory is per pipeline and no war
 - worker.py: one pipeline per process (`python -m budgetlora.commands.bench _worker SPEC.json`)
 - report.py: paired ratios, medians over `--repeats`, targets, the table
 - sweep.py: `--sweep`, the training loop's time against tokens per row
+- tta.py: time to accuracy: the whole `budgetlora train` command with its budget-aware defaults
+  against the notebook pipeline, from each command's start to the notebook's final accuracy
 - run.py: `run_bench` and `bench_command`, which the CLI calls
 """
 

@@ -185,8 +185,9 @@ def reference_pipeline(
     train_out = s.trainer.train()
     loop_s = s.clock.end - s.clock.begin
     ev = s.trainer.evaluate()
+    done = time.time()  # the notebook holds its final accuracy now (time to accuracy, bench.tta)
     run = ReferenceRun(train_out.metrics, ev, loop_s, setup_s, peak_rss_mb(), _peak_gpu_mb())
-    return _reference_result(s, run, gpu)
+    return {**_reference_result(s, run, gpu), "eval_done_wall_time": done}
 
 
 def _reference_result(s: ReferenceSetup, run: ReferenceRun, gpu: bool) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Callable, Optional
 
 # The environment this process started with: `budgetlora.training.trainer.train()` sets
 # TOKENIZERS_PARALLELISM=false in the worker's own environment, which a user's shell does not have.
@@ -24,8 +24,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(cmd: list[str], log_f: IO[str]) -> tuple[int, Optional[float]]:
+def run_child(cmd: list[str], log_f: IO[str], watch: Optional[Callable[[], None]] = None) -> tuple[int, Optional[float]]:
     """Run a command to its end; (exit code, its own peak RSS in MiB, None where unknown).
+    `watch` is called at every poll while it runs, and once after it ends (bench.tta reads the
+    run's log with it).
 
     The peak is the child's VmHWM, polled from /proc every 20 ms (monotonic, so the last read is
     the peak up to its final 20 ms). Not getrusage: on Linux a child's ru_maxrss starts from its
@@ -42,12 +44,16 @@ def run_child(cmd: list[str], log_f: IO[str]) -> tuple[int, Optional[float]]:
             kb = _vm_hwm_kb(status)
             if kb is not None:
                 peak[0] = kb / 1024
+            if watch is not None:
+                watch()
             time.sleep(0.02)
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
     rc = proc.wait()
     watcher.join()
+    if watch is not None:
+        watch()
     return rc, peak[0]
 
 

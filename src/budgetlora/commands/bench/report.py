@@ -66,9 +66,27 @@ def combine_pairs(pairs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str
     return a, b, ratios
 
 
-def targets(a: dict[str, Any], b: dict[str, Any], ratios: dict[str, Any]) -> dict[str, bool]:
+def combine_time_to_accuracy(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The time-to-accuracy figures over the repeats: one pair's as they are; several, per-field
+    medians (the ratio: the median of the paired ratios; None where a pair never got there)."""
+    runs = [p["time_to_accuracy"] for p in pairs]
+    if len(runs) == 1:
+        return runs[0]
+    out = {}
+    for k in runs[0]:
+        values = [r[k] for r in runs]
+        out[k] = None if any(v is None for v in values) else _median_or_first(values)
+    return out
+
+
+def targets(a: dict[str, Any], b: dict[str, Any], ratios: dict[str, Any],
+            tta: Optional[dict[str, Any]] = None) -> dict[str, bool]:
     """The issue's targets for budgetlora (b) against the notebooks' pipeline (a)."""
-    return {
+    tta_targets = {} if tta is None else {
+        "time_to_accuracy_ratio_at_least_20": bool(tta["ratio"] and tta["ratio"] >= 20),
+        "defaults_final_accuracy_at_least_5_points_higher": tta["final_accuracy_difference"] >= 0.05,
+    }
+    return {**tta_targets,
         "train_samples_per_second_ratio_at_least_8": bool(ratios["train_samples_per_second"] and ratios["train_samples_per_second"] >= 8),
         "predict_vs_reference_eval_ratio_at_least_6": bool(ratios["eval_samples_per_second"] and ratios["eval_samples_per_second"] >= 6),
         "accuracy_not_lower": b["eval_accuracy"] >= a["eval_accuracy"],
@@ -80,7 +98,7 @@ def targets(a: dict[str, Any], b: dict[str, Any], ratios: dict[str, Any]) -> dic
 def pair_summaries(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each pair's order, folder, ratios and own figures (PAIR_FIGURES), for the report."""
     return [{"order": p["order"], "output_dir": p["output_dir"], "ratios": p["ratios"],
-             **{name: {k: p[name][k] for k in PAIR_FIGURES} for name in PIPELINES}} for p in pairs]
+             "time_to_accuracy": p.get("time_to_accuracy"), **{name: {k: p[name][k] for k in PAIR_FIGURES} for name in PIPELINES}} for p in pairs]
 
 
 def _fmt(v: Any, spec: str = ".1f") -> str:
@@ -148,6 +166,7 @@ def format_report(rep: dict[str, Any]) -> str:
     out.append(f"{'':<{w}}  {'(a) reference':>15}  {'(b) budgetlora':>15}  {'(b)/(a)':>8}")
     for name, va, vb, ratio, spec in rows:
         out.append(f"{name:<{w}}  {_fmt(va, spec):>15}  {_fmt(vb, spec):>15}  {_fmt(ratio, '.2f') + ('x' if ratio else ''):>8}")
+    out += _tta_lines(rep)
     out += ["",
             f"(a) eval: {a['eval_timed']}; (b) eval: {b['eval_timed']}",
             f"(b) predict accuracy {b['predict_accuracy']:.4f}, predict peak RSS {_fmt(b['predict_peak_rss_mb'], ',.0f')} MiB",
@@ -155,3 +174,23 @@ def format_report(rep: dict[str, Any]) -> str:
             "targets: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rep["targets"].items()),
             f"outputs: {rep['output_dir']}"]
     return "\n".join(out)
+
+
+def _tta_lines(rep: dict[str, Any]) -> list[str]:
+    """Time to the notebook's final accuracy, whole commands from their start."""
+    t, ours = rep.get("time_to_accuracy"), rep.get("defaults_command")
+    if not t or not ours:
+        return []
+    chosen = ours["chosen"]
+    targets_text = chosen["target_modules"] if isinstance(chosen["target_modules"], str) else ",".join(chosen["target_modules"])
+    reached = (f"{t['budgetlora_seconds']:.1f} s (at step {t['budgetlora_step']})" if t["budgetlora_seconds"] is not None
+               else "not reached")
+    return ["",
+            f"time to the notebook's final accuracy ({t['target_accuracy']:.4f}), whole commands from their start:",
+            f"  (a) notebook pipeline {t['reference_seconds']:.1f} s (its one evaluation, after the epoch)",
+            f"  `budgetlora train` with its defaults {reached}, evaluating every {ours['eval_every']} steps: "
+            f"{_fmt(t['ratio'], '.1f')}{'x' if t['ratio'] else ''}",
+            f"  final accuracy (a) {t['reference_final_accuracy']:.4f}, defaults {t['budgetlora_final_accuracy']:.4f} "
+            f"({100 * t['final_accuracy_difference']:+.1f} points); whole command {ours['whole_command_s']:.1f} s",
+            f"  the defaults chose: {chosen['head']} head, {chosen['method']} r={chosen['r']} alpha={chosen['lora_alpha']:g} on "
+            f"{targets_text}, lr {chosen['lr']:g}, {ours['trainable_params']:,} trainable; {ours['command']}"]

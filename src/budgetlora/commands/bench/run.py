@@ -15,10 +15,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from budgetlora.commands.bench.flops import measure_peaks
 from budgetlora.commands.bench.report import (
-    PIPELINES, add_rates, combine_pairs, format_report, pair_ratios, pair_summaries, targets,
+    PIPELINES, add_rates, combine_pairs, combine_time_to_accuracy, format_report, pair_ratios, pair_summaries, targets,
 )
 from budgetlora.commands.bench.rows import PathLike, carve_rows
 from budgetlora.commands.bench.sweep import sweep_command
+from budgetlora.commands.bench.tta import default_eval_every, run_defaults_command, time_to_accuracy
 from budgetlora.commands.bench.worker import run_pipeline_in_subprocess
 from budgetlora.config import DEFAULT_BUDGET
 from budgetlora.core.files import atomic_write_text
@@ -47,6 +48,7 @@ class BenchPlan:
     val_csv: Path
     rows_info: dict[str, Any]
     peaks: dict[str, Any]
+    eval_every: int  # steps between the evaluations of the time-to-accuracy run
 
     def worker_spec(self, out_dir: Path) -> dict[str, Any]:
         return {"model": str(self.model), "train_file": str(self.train_csv), "eval_file": str(self.val_csv),
@@ -54,7 +56,7 @@ class BenchPlan:
 
 
 def _plan(model: str, train_file: PathLike, samples: int, eval_rows: int, seed: int, out_dir: Optional[PathLike],
-          matmul_n: int, say: Progress) -> BenchPlan:
+          matmul_n: int, say: Progress, eval_every: Optional[int] = None) -> BenchPlan:
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="budgetlora-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     if not Path(train_file).is_file():
@@ -63,7 +65,10 @@ def _plan(model: str, train_file: PathLike, samples: int, eval_rows: int, seed: 
     train_csv, val_csv, rows_info = carve_rows(train_file, samples, eval_rows, seed, out)
     say(f"measuring the bf16 and fp32 matmul peaks (n={matmul_n})")
     peaks = measure_peaks(matmul_n)
-    return BenchPlan(model, train_file, samples, eval_rows, seed, out, train_csv, val_csv, rows_info, peaks)
+    if eval_every is not None and eval_every < 1:
+        raise UserError("bench: --eval-every must be >= 1")
+    return BenchPlan(model, train_file, samples, eval_rows, seed, out, train_csv, val_csv, rows_info, peaks,
+                     eval_every or default_eval_every(samples))
 
 
 def _run_pair(plan: BenchPlan, k: int, repeats: int, say: Progress) -> dict[str, Any]:
@@ -79,8 +84,11 @@ def _run_pair(plan: BenchPlan, k: int, repeats: int, say: Progress) -> dict[str,
     for r in results.values():
         add_rates(r, plan.peaks)
     a, b = results["reference"], results["budgetlora"]
+    say(f"{f'repeat {k + 1}/{repeats}: ' if repeats > 1 else ''}running `budgetlora train` with its defaults, "
+        f"evaluating every {plan.eval_every} steps (log: {pair_dir / 'budgetlora-defaults.log'})")
+    ours = run_defaults_command(plan.model, plan.train_csv, plan.val_csv, plan.seed, plan.eval_every, pair_dir)
     return {"order": list(order), "output_dir": str(pair_dir), "reference": a, "budgetlora": b,
-            "ratios": pair_ratios(a, b)}
+            "ratios": pair_ratios(a, b), "defaults_command": ours, "time_to_accuracy": time_to_accuracy(a, ours)}
 
 
 def _report(plan: BenchPlan, pairs: list[dict[str, Any]], command: Optional[str]) -> dict[str, Any]:
@@ -112,7 +120,9 @@ def _report(plan: BenchPlan, pairs: list[dict[str, Any]], command: Optional[str]
         "reference": a,
         "budgetlora": b,
         "ratios": ratios,
-        "targets": targets(a, b, ratios),
+        "time_to_accuracy": (tta := combine_time_to_accuracy(pairs)),
+        "defaults_command": pairs[0]["defaults_command"],
+        "targets": targets(a, b, ratios, tta),
         "repeats": repeats,
         "ratios_are": "the one pair's" if repeats == 1 else
                       f"medians of the {repeats} paired ratios; each pipeline's figures are medians over the repeats",
@@ -131,6 +141,7 @@ def run_bench(
     out_dir: Optional[PathLike] = None,
     matmul_n: int = 2048,
     repeats: int = 1,
+    eval_every: Optional[int] = None,
     command: Optional[str] = None,
     progress: Optional[Progress] = None,
 ) -> dict[str, Any]:
@@ -142,11 +153,15 @@ def run_bench(
     over the repeats. On a shared machine whose speed drifts between the minutes of one pipeline
     and the next, one pair can land on either side of a target by load alone; every repeat is kept
     in the report (`pairs`) and its full results in `repeat-K/` of the output folder.
+
+    Each pair also runs the whole `budgetlora train` command with its defaults on the same files,
+    evaluating every `eval_every` steps (default: about ten times in the epoch), for the time to
+    the notebook's final accuracy (bench.tta).
     """
     if repeats < 1:
         raise UserError("bench: --repeats must be >= 1")
     say = progress or (lambda msg: None)
-    plan = _plan(model, train_file, samples, eval_rows, seed, out_dir, matmul_n, say)
+    plan = _plan(model, train_file, samples, eval_rows, seed, out_dir, matmul_n, say, eval_every)
     pairs = [_run_pair(plan, k, repeats, say) for k in range(repeats)]
     report = _report(plan, pairs, command)
     atomic_write_text(plan.out / "bench.json", json.dumps(report, indent=2))
@@ -167,6 +182,7 @@ def bench_command(
     sweep_rows: Sequence[int] = (256, 512, 1024),
     matmul_n: int = 2048,
     repeats: int = 1,
+    eval_every: Optional[int] = None,
     argv: Sequence[str] = (),
     progress: Optional[Progress] = None,
 ) -> str:
@@ -182,5 +198,5 @@ def bench_command(
     if not train_file:
         raise UserError("bench: give --train-file FILE (or --sweep for the scaling sweep)")
     rep = run_bench(model, train_file, samples=samples, eval_rows=eval_rows, seed=seed, out_dir=output_dir,
-                    matmul_n=matmul_n, repeats=repeats, command=command, progress=say)
+                    matmul_n=matmul_n, repeats=repeats, eval_every=eval_every, command=command, progress=say)
     return json.dumps(rep, indent=2) if as_json else format_report(rep)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ def run_pipeline_in_subprocess(name: str, spec: dict[str, Any], out_dir: Path) -
     env = child_env()
     if Path(spec["model"]).expanduser().is_dir():
         env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no Hub look-ups
+    started = time.time()
     with open(log_path, "w", encoding="utf-8") as log_f:
         rc = subprocess.run([sys.executable, "-m", "budgetlora.commands.bench", "_worker", str(spec_path)],
                             stdout=log_f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0 or not result_path.is_file():
         raise UserError(f"bench: the {name} pipeline failed (exit {rc}; log {log_path}): {log_tail(log_path)}")
-    return json.loads(result_path.read_text(encoding="utf-8"))
+    return {**json.loads(result_path.read_text(encoding="utf-8")), "process_started_wall_time": started}
 
 
 def run_worker(spec_path: str) -> int:
