@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Distillation from a bigger teacher (docs/METHODS.md, issue 19 item 5): all-mpnet-base-v2
 # (110M, roberta-base's size class) fine-tuned with LoRA and no budget on the same 8,000 training
-# rows as the equal-budget table, then distilled into the table's best 1M MiniLM configuration.
-# The same student without a teacher is the table's own row (runs/table/lora-1000000).
-#   Usage: bash docs/experiments/distill_mpnet_minilm.sh   (writes runs/table/teacher-mpnet, runs/table/student-mpnet)
+# rows as the equal-budget table, then distilled into MiniLM students that are rows of that table
+# plus --teacher, so each student's gain is the teacher's alone:
+#   lora24: LoRA r=24 on every linear layer, 996,868 trainable (without teacher: runs/table/lora-1000000)
+#   lora8:  LoRA r=8 on the attention, 148,996 trainable (without teacher: runs/table/lora-150000)
+#   loha:   LoHa r=12 on every linear layer, 996,868 trainable (without teacher: runs/table/loha-1000000)
+#   Usage: [STUDENTS="lora24 lora8 loha"] bash docs/experiments/distill_mpnet_minilm.sh
+#   (writes runs/table/teacher-mpnet and runs/table/student-<name>-mpnet)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BL=${BL:-budgetlora}
@@ -11,9 +15,19 @@ MPNET=$(bash ../shared/models/get_pretrained.sh mpnet)
 MINILM=$(bash ../shared/models/get_pretrained.sh minilm)
 COMMON=(--train-file ../shared/data/ag_news/train.csv --max-train-samples 8000 --max-eval-samples 2000
         --epochs 1 --seed 42 --head-lr 1e-3)
-T=runs/table/teacher-mpnet S=runs/table/student-mpnet
+T=runs/table/teacher-mpnet
 [[ -f $T/metrics.json ]] || $BL train --model "$MPNET" --head linear --target-modules all-linear --r 16 --lora-alpha 32 \
   --lr 2e-3 --budget 100000000 "${COMMON[@]}" --output-dir $T --overwrite > /dev/null
-[[ -f $S/metrics.json ]] || $BL train --model "$MINILM" --head linear --target-modules all-linear --r 24 --lora-alpha 48 \
-  --lr 3e-3 --teacher $T "${COMMON[@]}" --output-dir $S --overwrite > /dev/null
-$BL compare runs/table/lora-1000000 $T $S
+declare -A ARGS=(
+  [lora24]="--target-modules all-linear --r 24 --lora-alpha 48 --lr 3e-3"
+  [lora8]="--target-modules query,key,value,attention.output.dense --r 8 --lora-alpha 16 --lr 3e-3 --budget 150000"
+  [loha]="--method loha --target-modules all-linear --r 12 --lora-alpha 24 --lr 1e-2"
+)
+declare -A BASE=([lora24]=runs/table/lora-1000000 [lora8]=runs/table/lora-150000 [loha]=runs/table/loha-1000000)
+for s in ${STUDENTS:-lora24 lora8 loha}; do
+  S=runs/table/student-$s-mpnet
+  # shellcheck disable=SC2086  # ARGS holds several flags
+  [[ -f $S/metrics.json ]] || $BL train --model "$MINILM" --head linear ${ARGS[$s]} --teacher $T "${COMMON[@]}" \
+    --output-dir "$S" --overwrite > /dev/null
+  $BL compare "${BASE[$s]}" $T "$S"
+done

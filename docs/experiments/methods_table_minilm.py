@@ -11,9 +11,11 @@ rates each). A configuration that a smaller budget already ran (a method at its 
 with a fixed count) is not run again: its row repeats that run.
 
     python docs/experiments/methods_table_minilm.py [--budgets 150000,1000000,20000] \
-        [--full-lrs 5e-5,1e-4,2e-4] [--out runs/table]
+        [--full-lrs 5e-5,1e-4,2e-4] [--out runs/table] [--write-measured FILE]
 
-Prints one line per run as it finishes and leaves the runs for `budgetlora compare`.
+Prints one line per run as it finishes and leaves the runs for `budgetlora compare`. With
+--write-measured, also writes each method's accuracy per budget as the planner reads it
+(src/budgetlora/budget/measured_methods.json; budget.measured).
 """
 
 import argparse
@@ -21,6 +23,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from budgetlora.budget.measured import Measurements, to_json
 
 # The sweep's winners (docs/METHODS.md, "How the learning rates were chosen").
 SWEPT_LR = {"lora": 3e-3, "rslora": 3e-3, "dora": 3e-3, "adalora": 1e-2, "loha": 1e-2, "lokr": 3e-3,
@@ -53,10 +57,12 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(SWEPT_LR))
     p.add_argument("--full-lrs", default="5e-5,1e-4,2e-4", help="full fine-tuning's rates ('' for none)")
     p.add_argument("--out", default="runs/table")
+    p.add_argument("--write-measured", default=None, help="write the accuracies for budget.measured here")
     a = p.parse_args()
     model = a.model or subprocess.run(["bash", "../shared/models/get_pretrained.sh", "minilm"],
                                       check=True, capture_output=True, text=True).stdout.strip()
     done: dict[tuple[str, ...], Path] = {}
+    accuracy: dict[int, dict[str, float]] = {}
     for budget in [int(b) for b in a.budgets.split(",") if b]:
         for method in a.methods.split(","):
             args = plan_args(model, budget, method)
@@ -66,25 +72,41 @@ def main() -> None:
             key = without_budget(args)
             if key in done:
                 print(f"{budget}\t{method}\tsame as {done[key]}", flush=True)
-                continue
-            done[key] = run_dir = Path(a.out) / f"{method}-{budget}"
-            train_once(run_dir, [*args, "--lr", str(SWEPT_LR[method])], f"{budget}\t{method}")
+                found = finished(done[key])
+            else:
+                done[key] = run_dir = Path(a.out) / f"{method}-{budget}"
+                found = train_once(run_dir, [*args, "--lr", str(SWEPT_LR[method])], f"{budget}\t{method}")
+            if found is not None:
+                accuracy.setdefault(budget, {})[method] = found
     for lr in [x for x in a.full_lrs.split(",") if x]:
         args = ["--model", model, "--method", "full", "--head", "linear", "--budget", "100000000", "--lr", lr]
         train_once(Path(a.out) / f"full-lr{lr}", args, f"full\tlr {lr}")
+    if a.write_measured:
+        setup = ("all-MiniLM-L6-v2, linear head, 8,000 training rows, 1 epoch, 2,000 validation rows, seed 42, "
+                 "each method at the rate of its short sweep")
+        Path(a.write_measured).write_text(to_json(Measurements(model="all-MiniLM-L6-v2", setup=setup,
+                                                               accuracy=accuracy)))
 
 
-def train_once(run_dir: Path, args: list[str], label: str) -> None:
-    """Train unless the run folder already holds a finished run; print its line either way."""
+def finished(run_dir: Path) -> "float | None":
+    """A finished run's best validation accuracy (None if it did not finish)."""
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text())["best_eval_accuracy"] if path.is_file() else None
+
+
+def train_once(run_dir: Path, args: list[str], label: str) -> "float | None":
+    """Train unless the run folder already holds a finished run; print its line either way and
+    return its best validation accuracy (None when it failed)."""
     if not (run_dir / "metrics.json").is_file():
         cmd = ["budgetlora", "train", *args, *COMMON, "--output-dir", str(run_dir), "--overwrite"]
         print("$ " + " ".join(cmd), flush=True)
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
             print(f"{label}\tFAILED", flush=True)
-            return
+            return None
     m = json.loads((run_dir / "metrics.json").read_text())
     print(f"{label}\t{m['trainable_params']}\t{m['best_eval_accuracy']:.4f}\t{m['train_runtime_s']:.0f}s\t{run_dir}",
           flush=True)
+    return m["best_eval_accuracy"]
 
 
 if __name__ == "__main__":

@@ -315,9 +315,12 @@ class AdapterConfig:
         for name in ("adalora_tinit", "adalora_tfinal"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0 steps, got {getattr(self, name)!r}")
-        if self.adalora_target_r > self.adalora_init_r:
-            raise ConfigError(f"adalora_target_r: {self.adalora_target_r} is above --adalora-init-r "
-                              f"{self.adalora_init_r}; AdaLoRA only prunes ranks")
+        # peft's rank allocator masks init_r - target_r singular values per module and cannot mask
+        # none (torch.kthvalue with k=0 fails at the first step), so the target must be below.
+        if self.adalora_target_r >= self.adalora_init_r:
+            raise ConfigError(f"adalora_target_r: {self.adalora_target_r} is not below --adalora-init-r "
+                              f"{self.adalora_init_r}; AdaLoRA prunes ranks from init_r down to target_r, so give "
+                              "--adalora-init-r 2 or more and a smaller --adalora-target-r, or use --method lora")
         if self.adalora_orth_reg_weight < 0:
             raise ConfigError(f"adalora_orth_reg_weight: must be >= 0, got {self.adalora_orth_reg_weight!r}")
         if self.lokr_decompose_factor == 0 or self.lokr_decompose_factor < -1:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from budgetlora.budget import measured
 from budgetlora.budget.counting import Breakdown
 from budgetlora.budget.estimate import count_on_meta, inventory_from_model
 from budgetlora.budget.methods import add_module_cost, lokr_params
@@ -48,6 +49,8 @@ SIZES = {
     "loha": ("r", MAX_RANK, "r"), "adalora": ("adalora_init_r", MAX_RANK, "r"), "vera": ("vera_r", 1024, "r"),
     "fourierft": ("fourierft_n_frequency", 4096, "n"), "prompt": ("num_virtual_tokens", 64, "tokens"),
 }
+# The smallest size a method can run at: AdaLoRA must have a rank to prune (target_r < init_r).
+MIN_SIZE = {"adalora": 2}
 WHOLE_MODEL = {"bias": "every bias", "layernorm": "every LayerNorm", "prompt": "virtual tokens"}
 
 
@@ -275,22 +278,28 @@ def plan(hf_config: Any, budget: int = DEFAULT_BUDGET, num_labels: int = 4,
                 made = _fill(method, head, place, inv, budget, n_all, hf_config, num_labels)
                 if made is not None and made[0] not in found:
                     found[made[0]] = made[1]
-    return rank(found.values()), tried
+    return rank(found.values(), budget), tried
 
 
-def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
+def rank(candidates: Iterable[Candidate], budget: Optional[int] = None) -> list[Candidate]:
     """Best first: the linear head's candidates, then each head's by score.
 
     The linear head first whatever the score: measured on MiniLM before the planner listed other
     methods (`plan --measure 8`, docs/BUDGET.md), every LoRA candidate with BERT's default head (a
     classifier on the frozen pooler) scored 12-15 points below every one with the linear head at
     the same coverage, while the score, blind to the head where both cost the same, ranked two of
-    them 2nd and 3rd. Ties: plain LoRA before DoRA (same rank, cheaper steps on a CPU) and the
-    other methods, then the fuller budget.
+    them 2nd and 3rd. Then a method that the equal-budget comparison measured clearly worse at the
+    nearest budget (budget.measured) after the others, whatever its score. Ties: plain LoRA before
+    DoRA (same rank, cheaper steps on a CPU) and the other methods, then the fuller budget.
     """
-    return sorted(candidates, key=lambda c: (c.head != "linear", -round(c.score, 9), PLAN_METHODS.index(c.method),
-                                             -c.trainable_params, c.head,
-                                             ROLES.index(c.role) if c.role in ROLES else len(ROLES)))
+    found = measured.shipped()
+
+    def key(c: Candidate) -> tuple:
+        worse = budget is not None and found.clearly_worse(c.method, budget)
+        return (c.head != "linear", worse, -round(c.score, 9), PLAN_METHODS.index(c.method), -c.trainable_params,
+                c.head, ROLES.index(c.role) if c.role in ROLES else len(ROLES))
+
+    return sorted(candidates, key=key)
 
 
 def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int, n_all: int, hf_config: Any,
@@ -307,7 +316,7 @@ def _fill(method: str, head: str, place: Placement, inv: Inventory, budget: int,
     try:
         one = count(1)
         size = _largest_size(method, one, shell, budget, hf_config) if method in SIZES else 0
-        if method in SIZES and size < 1:
+        if method in SIZES and size < MIN_SIZE.get(method, 1):
             return None
         final = count(size) if method in SIZES else one
     except (NeedsMeta, ConfigError):

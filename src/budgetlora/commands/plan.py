@@ -12,6 +12,7 @@ import math
 import shlex
 from typing import Any, Optional
 
+from budgetlora.budget import measured
 from budgetlora.budget import Analysis, NeedsMeta, analyse, check_budget, describe_model, estimate, load_config_only
 from budgetlora.budget.planner import MAX_RANK, RANK_HALF_CREDIT, SIZES, WHOLE_MODEL, Candidate, plan
 from budgetlora.commands.measure import MeasureSettings, Progress, format_measurement
@@ -81,12 +82,16 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         return (f"{head_line}\nno configuration has fewer than {budget:,} trainable parameters; "
                 f"try --head linear with a larger --budget, or --explain to see one configuration's count")
     shown = candidates if top <= 0 else candidates[:top]
-    rows = [("#", "trainable", "budget", "method", "head", "targets", "layers", "size", "score")]
+    found = measured.shipped()
+    near = found.nearest_budget(budget)
+    rows = [("#", "trainable", "budget", "method", "head", "targets", "layers", "size", "score", "measured")]
     for i, c in enumerate(shown, 1):
+        acc = found.accuracy_of(c.method, budget)
         rows.append((str(i), f"{c.trainable_params:,}", _share(c.trainable_params, budget), c.method, c.head,
-                     c.targets_text, _layers_text(c.layers), c.size_text, f"{c.score:.3f}"))
+                     c.targets_text, _layers_text(c.layers), c.size_text, f"{c.score:.3f}",
+                     "-" if acc is None else f"{acc:.4f}"))
     widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
-    right = {0, 1, 2, 8}
+    right = {0, 1, 2, 8, 9}
 
     def line(row: tuple[str, ...]) -> str:
         cells = [cell.rjust(w) if j in right else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))]
@@ -97,7 +102,8 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         f"budget: fewer than {budget:,} trainable parameters; {len(candidates)} of {tried} placements fit "
         f"(each at the largest size that fits: r <= {MAX_RANK}, VeRA r <= {SIZES['vera'][1]}, FourierFT "
         f"n <= {SIZES['fourierft'][1]}, tokens <= {SIZES['prompt'][1]}); "
-        + (f"top {len(shown)}" if len(shown) < len(candidates) else "all") + ", the linear head's first, then by score:",
+        + (f"top {len(shown)}" if len(shown) < len(candidates) else "all")
+        + ", the linear head's first, methods measured clearly worse last, then by score:",
         "",
         line(rows[0]),
     ]
@@ -112,6 +118,10 @@ def format_table(model: str, hf_config: Any, candidates: list[Candidate], tried:
         "parameters would buy on the same modules (a prior, not a measurement: docs/METHODS.md); "
         "rslora counts as lora; see docs/BUDGET.md",
     ]
+    if near is not None:
+        out.append(f"measured = validation accuracy of the method's first candidate in the equal-budget comparison "
+                   f"at {near:,} parameters ({found.setup}); a method {measured.CLEARLY_WORSE * 100:g} point or "
+                   "more below the best there is listed after the others (docs/METHODS.md)")
     return "\n".join(out)
 
 

@@ -50,7 +50,7 @@ def method_settings(draw, arch: str, num_layers: int, method: str) -> dict:
     d["fourierft_n_frequency"] = draw(st.sampled_from([1, 7, 64, 1024, 5000]))  # 5000 > 32 x 64: refused
     d["lokr_decompose_factor"] = draw(st.sampled_from([-1, 2, 4, 5]))
     d["lokr_decompose_both"] = draw(st.booleans())
-    d["adalora_init_r"] = draw(st.integers(1, 8))
+    d["adalora_init_r"] = draw(st.integers(2, 8))
     d["adalora_target_r"] = 1
     d["num_virtual_tokens"] = draw(st.integers(1, 12))
     # the tiny models have 128-130 positions: room for the tokens before 64-token texts, none (a
@@ -163,3 +163,23 @@ def test_full_fine_tuning_over_budget_says_to_raise_the_budget():
     with pytest.raises(BudgetError, match=r"full fine-tuning trains all 1,000 parameters.*pass --budget 1001 or more"):
         check_budget(Breakdown(other=900, head=100), 1000, "full")
     check_budget(Breakdown(other=900, head=100), 1001, "full")
+
+
+def test_adalora_needs_a_rank_to_prune():
+    # peft's allocator fails inside training (torch.kthvalue with k=0) when init_r == target_r.
+    with pytest.raises(ConfigError, match="not below --adalora-init-r 1") as err:
+        from_dict({"method": "adalora", "adalora_init_r": 1, "adalora_target_r": 1}).validate()
+    assert "\n" not in str(err.value)
+    from_dict({"method": "adalora", "adalora_init_r": 2, "adalora_target_r": 1}).validate()
+
+
+def test_plan_never_offers_adalora_at_init_r_1():
+    from budgetlora.budget.planner import plan
+
+    cfg = _tiny("bert", 4, {"num_hidden_layers": 2})
+    # Budgets at which AdaLoRA's rank-1 placements fit but many rank-2 ones do not.
+    for budget in (600, 900, 1_500, 3_000):
+        candidates, _ = plan(cfg, budget, methods=["adalora"])
+        assert all(c.size >= 2 and c.settings()["adalora_target_r"] < c.size for c in candidates)
+        for c in candidates:
+            from_dict(c.settings()).validate()  # each one is a valid run configuration
