@@ -75,17 +75,21 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     heads = set(head_module_names(base))
     out = Breakdown()
-    for name, p in model.named_parameters():
+    params = dict(model.named_parameters())
+    for name, p in params.items():
         if not p.requires_grad:
             continue
         n = p.numel()
+        # A bias that trains beside a frozen weight is a bias, wherever it sits (BitFit; the native
+        # head's hidden dense, frozen or LoRA-adapted), as `estimate` counts it.
+        frozen_weight = name.endswith(".bias") and not getattr(params.get(name[:-5] + ".weight"), "requires_grad", True)
         # base_model.model.X in a peft tuner model; base_model.X with prompt learning
         rel = name.removeprefix("base_model.model.").removeprefix("base_model.")
         parts = rel.split(".")
         kind = next((_NAME_KINDS[x] for x in parts if x in _NAME_KINDS), None)
         if kind is not None:
             setattr(out, kind, getattr(out, kind) + n)
-        elif parts[0] in heads and "base_layer" not in parts:  # native: the adapted dense's bias is a bias
+        elif parts[0] in heads and "base_layer" not in parts and not frozen_weight:
             out.head += n
         elif "modules_to_save" in parts:
             out.other += n

@@ -200,9 +200,10 @@ def attach_method(model: "nn.Module", run: RunConfig, head_modules: list[str]) -
 
 def train_biases_only(model: "nn.Module", head_modules: list[str]) -> "nn.Module":
     """BitFit (Ben Zaken et al. 2022): every bias of the encoder trains, with the head whole."""
-    heads = set(head_modules)
+    # Head modules are dotted paths (the native heads name `classifier.out_proj`, not `classifier`).
+    heads = tuple(f"{h}." for h in head_modules)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.split(".")[0] in heads or name.endswith(".bias"))
+        p.requires_grad_(name.startswith(heads) or name.endswith(".bias"))
     return model
 
 

@@ -286,3 +286,19 @@ def test_a_flag_of_another_command_is_not_called_a_typo(tiny_config_dir, capsys)
     with pytest.raises(SystemExit):
         main(["plan", "--model", tiny_config_dir, "--buget", "3"])
     assert "did you mean --budget?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_bitfit_candidate_counts_and_trains_its_head(arch):
+    """Every head's BitFit plan matches the built model, part by part: the native heads name a dotted
+    output layer (roberta's classifier.out_proj), which once stayed frozen under --method bias."""
+    cfg = _four_layers(arch)
+    candidates, _ = plan(cfg, 20_000, 4, ["bias"])
+    assert "linear" in {c.head for c in candidates}
+    for c in candidates:
+        run = _run_from_train_args(c.train_args("unused", 20_000))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = add_lora(build_classifier_from_config(run.model, cfg), run)
+        assert count_trainable(model) == c.breakdown, (c.head, arch)
+        assert any(p.requires_grad for n, p in model.named_parameters() if n.endswith("weight")), (c.head, arch)
