@@ -6,6 +6,8 @@
 #   lora24: LoRA r=24 on every linear layer, 996,868 trainable (without teacher: runs/table/lora-1000000)
 #   lora8:  LoRA r=8 on the attention, 148,996 trainable (without teacher: runs/table/lora-150000)
 #   loha:   LoHa r=12 on every linear layer, 996,868 trainable (without teacher: runs/table/loha-1000000)
+#   lora8-ens: lora8 taught by an ensemble, the mpnet teacher with the table's full fine-tuning of MiniLM
+#           (runs/table/full-lr1e-4) and its LoHa 1M run (their probabilities averaged); needs those runs
 #   Usage: [STUDENTS="lora24 lora8 loha"] bash docs/experiments/distill_mpnet_minilm.sh
 #   (writes runs/table/teacher-mpnet and runs/table/student-<name>-mpnet)
 set -euo pipefail
@@ -23,11 +25,14 @@ declare -A ARGS=(
   [lora8]="--target-modules query,key,value,attention.output.dense --r 8 --lora-alpha 16 --lr 3e-3 --budget 150000"
   [loha]="--method loha --target-modules all-linear --r 12 --lora-alpha 24 --lr 1e-2"
 )
-declare -A BASE=([lora24]=runs/table/lora-1000000 [lora8]=runs/table/lora-150000 [loha]=runs/table/loha-1000000)
+ARGS[lora8-ens]=${ARGS[lora8]}
+declare -A BASE=([lora24]=runs/table/lora-1000000 [lora8]=runs/table/lora-150000 [loha]=runs/table/loha-1000000
+                 [lora8-ens]=runs/table/lora-150000)
+declare -A TEACHER=([lora8-ens]=$T,runs/table/full-lr1e-4,runs/table/loha-1000000)
 for s in ${STUDENTS:-lora24 lora8 loha}; do
   S=runs/table/student-$s-mpnet
   # shellcheck disable=SC2086  # ARGS holds several flags
-  [[ -f $S/metrics.json ]] || $BL train --model "$MINILM" --head linear ${ARGS[$s]} --teacher $T "${COMMON[@]}" \
+  [[ -f $S/metrics.json ]] || $BL train --model "$MINILM" --head linear ${ARGS[$s]} --teacher "${TEACHER[$s]:-$T}" "${COMMON[@]}" \
     --output-dir "$S" --overwrite > /dev/null
   $BL compare "${BASE[$s]}" $T "$S"
 done
