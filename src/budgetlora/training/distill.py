@@ -39,7 +39,7 @@ from budgetlora.modeling import read_adapter_meta
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = b"budgetlora-teacher-v1"
+_CACHE_VERSION = b"budgetlora-teacher-v2"
 
 
 def distill_loss(
@@ -153,7 +153,9 @@ def _precision_of(folder: Path) -> str:
 
 def _cache_key(folder: Path, meta: dict, fingerprint: str, max_length: int, precision: str, texts: list[str]) -> str:
     h = hashlib.sha256(_CACHE_VERSION)
-    for f in sorted((folder / "adapter").glob("adapter_*")):  # the weights and peft's config
+    # Every file of the saved model: peft's adapter_* files, or trained_parameters.safetensors for
+    # the methods saved without peft (full fine-tuning, BitFit), whose runs differ only there.
+    for f in sorted(p for p in (folder / "adapter").iterdir() if p.is_file()):
         h.update(f.name.encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())
     h.update(json.dumps({"base_model": meta.get("base_model"), "head": meta.get("head"),

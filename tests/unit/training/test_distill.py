@@ -163,3 +163,19 @@ def test_student_distils_from_a_teacher_and_reuses_the_cached_logits(
     strip = lambda text: [{k: v for k, v in json.loads(l).items() if k != "samples_per_second"} for l in text.splitlines()]
     assert strip((out / "log.jsonl").read_text()) == strip(log1)
     assert again["best_eval_accuracy"] == metrics["best_eval_accuracy"]
+
+
+def test_teachers_that_differ_only_in_their_trained_parameters_are_cached_apart(tmp_path, teacher_run):
+    """Full fine-tuning and BitFit runs save trained_parameters.safetensors, not peft's adapter_*
+    files: two such teachers of the same base once shared one cache key, so an ensemble of them
+    silently averaged the first one with itself."""
+    import shutil
+
+    meta = {"base_model": "b", "head": "linear", "pooling": "first", "label_names": ["a", "b"]}
+    keys = []
+    for i in range(2):
+        folder = tmp_path / f"t{i}"
+        shutil.copytree(teacher_run / "adapter", folder / "adapter")
+        (folder / "adapter" / "trained_parameters.safetensors").write_bytes(bytes([i]) * 64)
+        keys.append(distill._cache_key(folder, meta, "fp", 128, "fp32", ["a text"]))
+    assert keys[0] != keys[1]
