@@ -147,6 +147,8 @@ class Candidate:
             "adapted_modules": self.adapted,
             "coverage": round(self.coverage, 6),
             "score": round(self.score, 6),
+            # the method's first candidate's accuracy in the equal-budget comparison (budget.measured)
+            "measured_accuracy": measured.shipped().accuracy_of(self.method, budget),
             "breakdown": self.breakdown.as_dict(),
             "train_args": self.train_args(model, budget),
         }

@@ -66,3 +66,13 @@ def test_plan_shows_the_measured_column(budget, tmp_path):
     text = format_table("tiny", cfg, candidates, tried, budget, 4, 3)
     assert "measured" in text.splitlines()[3]
     assert "equal-budget comparison" in text
+
+
+def test_plan_json_carries_the_measured_accuracy(monkeypatch):
+    from budgetlora.budget.planner import plan
+
+    cfg = _tiny("bert", 4, {"num_hidden_layers": 2})
+    monkeypatch.setattr(measured, "shipped", lambda: Measurements(accuracy={3_000: {"lora": 0.9}}))
+    found, _ = plan(cfg, 3_000, methods=["lora", "vera"])
+    by_method = {c.method: c.as_json("m", 3_000)["measured_accuracy"] for c in found}
+    assert by_method == {"lora": 0.9, "vera": None}
