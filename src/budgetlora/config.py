@@ -418,7 +418,7 @@ class TrainConfig:
         "Knowledge distillation: a finished budgetlora run folder whose predictions the student also "
         "learns from; an ensemble is a comma-separated list of run folders whose probabilities are "
         "averaged. The teacher is not trained, so it does not count against the budget. Its logits "
-        "on the training rows are computed once and cached in the run's cache/ folder.",
+        "on the training rows are computed once and cached in the run's cache/ folder and the teacher's.",
         default=None,
     )
     distill_alpha: float = _help(

@@ -23,9 +23,10 @@ from budgetlora.budget.planner import RANK_HALF_CREDIT, Candidate, plan
 from budgetlora.config import AdapterConfig, LoraConfig, RunConfig, flag_value, resolved_method
 from budgetlora.errors import BudgetError, ConfigError
 
-# The methods the defaults choose among: plain LoRA only, for now. The planner lists every method,
-# but the equal-budget comparison of the methods (docs/METHODS.md) is still being measured, and
-# the learning rate below was measured for plain LoRA alone. Widen this once measurement says so.
+# The methods the defaults choose among: plain LoRA. In the equal-budget comparison of the methods
+# (docs/METHODS.md, "What the planner and the defaults take from it") no method measured clearly
+# better than LoRA at its rate at any budget, LoRA's step is the cheapest of them (fast_lora), and
+# the learning rate below was measured for LoRA. Widen this when a measurement says otherwise.
 DEFAULT_METHODS: tuple[str, ...] = ("lora",)
 
 # The settings that decide what trains (and so the count): a user who gives any of them chose the

@@ -3,7 +3,8 @@
 The teacher is never trained, so it is not part of the student's trainable parameters and does not
 count against the budget. Its logits on the training rows are computed once, before the first
 step, and cached in the student's run folder (`cache/teacher-<key>.safetensors`, one file per
-teacher), so a resumed or repeated run does not pay for teacher inference again. The key hashes
+teacher) and, where it can be written, in the teacher's own `cache/`, so a resumed or repeated run,
+or another student of the same teacher on the same rows, does not pay for teacher inference again. The key hashes
 everything the logits depend on: the teacher's adapter files, its base model, its tokenizer and
 max_length, the inference precision, and the training texts.
 
@@ -126,11 +127,18 @@ def teacher_logits(
     fingerprint = tokenizer_fingerprint(teacher_tok)
     max_length = int(meta.get("max_length", 128))
     key = _cache_key(folder, meta, fingerprint, max_length, _precision_of(folder), texts)
-    path = Path(cache_dir) / f"teacher-{key}.safetensors"
-    cached = _load(path, len(texts), len(label_names))
-    if cached is not None:
-        log.info("teacher %s: reusing cached logits %s", run_dir, path)
-        return cached
+    name = f"teacher-{key}.safetensors"
+    path = Path(cache_dir) / name
+    # The teacher's own cache/ holds the logits of every student that asked before (the key names
+    # the texts), so a second student of the same teacher on the same rows does not run it again.
+    shared = folder / "cache" / name
+    for found in (path, shared):
+        cached = _load(found, len(texts), len(label_names))
+        if cached is not None:
+            log.info("teacher %s: reusing cached logits %s", run_dir, found)
+            if found is shared:
+                _save(path, cached, {"teacher": str(run_dir), "key": key})
+            return cached
 
     log.info("teacher %s: computing logits for %d training rows (once; cached in %s)", run_dir, len(texts), path)
     run = LoadedRun(folder)
@@ -141,7 +149,8 @@ def teacher_logits(
     else:
         logits = run.logits(texts, batch_size, progress=True)
     del run
-    _save(path, logits, {"teacher": str(run_dir), "key": key})
+    for target in (path, shared):  # the teacher's copy is best effort: its folder may be read-only
+        _save(target, logits, {"teacher": str(run_dir), "key": key})
     return logits
 
 

@@ -179,3 +179,22 @@ def test_teachers_that_differ_only_in_their_trained_parameters_are_cached_apart(
         (folder / "adapter" / "trained_parameters.safetensors").write_bytes(bytes([i]) * 64)
         keys.append(distill._cache_key(folder, meta, "fp", 128, "fp32", ["a text"]))
     assert keys[0] != keys[1]
+
+
+def test_a_second_student_reuses_the_teachers_cached_logits(
+    tmp_path, monkeypatch, teacher_run, tiny_model_dir, tiny_train_csv, tiny_eval_csv
+):
+    tok = load_tokenizer(str(tiny_model_dir))
+    texts = ["first text", "a second, longer text", "third"]
+    enc = encode(texts, tok, 16)
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+    first = distill.teacher_logits(str(teacher_run), texts, enc, tok, 16, labels, tmp_path / "one")
+    assert len(list((teacher_run / "cache").glob("teacher-*.safetensors"))) >= 1
+
+    def no_teacher(*a, **k):
+        raise AssertionError("the teacher was run again for another student on the same rows")
+
+    monkeypatch.setattr("budgetlora.training.distill.LoadedRun", no_teacher)
+    second = distill.teacher_logits(str(teacher_run), texts, enc, tok, 16, labels, tmp_path / "two")
+    torch.testing.assert_close(first, second)
+    assert len(list((tmp_path / "two").glob("teacher-*.safetensors"))) == 1  # the student keeps its own copy
