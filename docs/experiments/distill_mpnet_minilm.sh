@@ -40,5 +40,5 @@ for s in ${STUDENTS:-lora24 lora8 loha lora8-ens lora8-t2}; do
   [[ -f $S/metrics.json ]] || $BL train --model "$MINILM" --head linear ${ARGS[$s]} --teacher "${TEACHER[$s]:-$T}" \
     "${COMMON[@]}" --epochs 1 --output-dir "$S" --overwrite > /dev/null
   teachers=${TEACHER[$s]:-$T}
-  $BL compare "${BASE[$s]}" ${teachers//,/ } "$S"  # each member of an ensemble on its own
+  $BL compare "${BASE[$s]}" ${teachers//,/ } "$S" --output "$S/compare.png"  # each member of an ensemble on its own
 done
