@@ -82,7 +82,8 @@ def count_trainable(model: "torch.nn.Module") -> Breakdown:
         n = p.numel()
         # A bias that trains beside a frozen weight is a bias, wherever it sits (BitFit; the native
         # head's hidden dense, frozen or LoRA-adapted), as `estimate` counts it.
-        frozen_weight = name.endswith(".bias") and not getattr(params.get(name[:-5] + ".weight"), "requires_grad", True)
+        weight = params.get(name.removesuffix(".bias") + ".weight") if name.endswith(".bias") else None
+        frozen_weight = weight is not None and not weight.requires_grad
         # base_model.model.X in a peft tuner model; base_model.X with prompt learning
         rel = name.removeprefix("base_model.model.").removeprefix("base_model.")
         parts = rel.split(".")

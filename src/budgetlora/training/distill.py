@@ -3,9 +3,10 @@
 The teacher is never trained, so it is not part of the student's trainable parameters and does not
 count against the budget. Its logits on the training rows are computed once, before the first
 step, and cached in the student's run folder (`cache/teacher-<key>.safetensors`, one file per
-teacher) and, where it can be written, in the teacher's own `cache/`, so a resumed or repeated run,
-or another student of the same teacher on the same rows, does not pay for teacher inference again. The key hashes
-everything the logits depend on: the teacher's adapter files, its base model, its tokenizer and
+teacher) and, where it can be written, in the teacher's own `cache/`, so a resumed or repeated
+run, or another student of the same teacher on the same rows, does not pay for teacher inference
+again. The key hashes everything the logits depend on: every file of the teacher's saved model,
+its base model, its tokenizer and
 max_length, the inference precision, and the training texts.
 
 The student's loss (Hinton et al. 2015) is
